@@ -1,0 +1,1 @@
+"""The thin Flask API: authenticate, validate, reserve, enqueue, relay events."""

@@ -1,0 +1,82 @@
+"""The Flask application factory and its Celery binding (Flask's own Celery pattern)."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from flask import Flask, Response, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api import jobs, system
+from api.errors import ApiError
+from api.relay import Relay
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Bind the shared Celery app; the API only sends tasks by name, never runs them."""
+    from workers.app import make_celery
+
+    celery = make_celery(app.config["CHORUS_SETTINGS"])
+    app.extensions["celery"] = celery
+    return celery
+
+
+def make_redis(url: str) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=400, timeout=5, socket_connect_timeout=2, socket_timeout=10
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask("chorus")
+    app.config["CHORUS_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    client = make_redis(settings.redis_url)
+    app.extensions["chorus.redis"] = client
+    app.extensions["chorus.relay"] = Relay(client)
+    celery_init_app(app)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(system.bp)
+    _register_errors(app)
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return ApiError(413, "payload_too_large", f"body over {limit} bytes").response()
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.code or 500, "http_error")
+        return ApiError(exc.code or 500, code, exc.description or code).response()
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> Response:
+        log.warning("redis error on %s: %s", request.path, exc)
+        return ApiError(503, "unavailable", "redis is unavailable; try again shortly").response()
+
+    @app.errorhandler(SQLAlchemyError)
+    def _db_down(exc: SQLAlchemyError) -> Response:
+        log.warning("database error on %s: %s", request.path, exc)
+        return ApiError(503, "unavailable", "database is unavailable; try again shortly").response()
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # Never leak a stack trace or internals to the client; the log has the details.
+        log.exception("unhandled error on %s", request.path)
+        return ApiError(500, "internal_error", "internal server error").response()

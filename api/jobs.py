@@ -1,0 +1,155 @@
+"""Job endpoints: submit chat/compare/blend/judge, read a job, follow or cancel it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.auth import authenticate
+from api.errors import bad_request, not_found, unavailable
+from api.streaming import sse_response, wait_final
+from api.submit import check_models, create_job, enqueue, parse_body
+from shared import events
+from shared.db import session_scope
+from shared.registry import Registry, get_registry
+from shared.schemas import JOB_KINDS
+from shared.tables import Job
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
+
+FINAL_HTTP_STATUS = {"succeeded": 200, "cancelled": 200}
+
+
+def _registry() -> Registry:
+    return get_registry()
+
+
+def _redis() -> redis.Redis:
+    client: redis.Redis = current_app.extensions["chorus.redis"]
+    return client
+
+
+def submit(kind: str) -> Response:
+    owner = authenticate()
+    req = parse_body(JOB_KINDS[kind])
+    registry = _registry()
+    param = {"chat": "model", "compare": "models", "blend": "models", "judge": "contestants"}[kind]
+    check_models(req.model_ids(), registry, param)
+    body = req.model_dump(mode="json", exclude_none=True)
+    job_id, _hold = create_job(owner, kind, body, registry, _redis())
+    hook = current_app.extensions.get("chorus.before_enqueue")
+    if hook is not None:
+        hook(job_id, body)
+    if req.stream:
+        # Subscribe before enqueueing so not even the first token waits on the replay list.
+        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running)
+        enqueue(job_id)
+        return resp
+    enqueue(job_id)
+    return final_response(wait_final(job_id))
+
+
+def final_response(final: dict[str, Any]) -> Response:
+    body = {k: v for k, v in final.items() if k not in ("final", "event")}
+    status = body.get("status", "failed")
+    if status in FINAL_HTTP_STATUS:
+        resp = jsonify(body)
+        resp.status_code = FINAL_HTTP_STATUS[status]
+        return resp
+    error = dict(body.pop("error", None) or {"code": "upstream_error", "message": "job failed"})
+    resp = jsonify({"error": error, **body})
+    resp.status_code = int(error.pop("http_status", 502))
+    return resp
+
+
+@bp.post("/chat")
+def chat() -> Response:
+    return submit("chat")
+
+
+@bp.post("/compare")
+def compare() -> Response:
+    return submit("compare")
+
+
+@bp.post("/blend")
+def blend() -> Response:
+    return submit("blend")
+
+
+@bp.post("/judge")
+def judge() -> Response:
+    return submit("judge")
+
+
+def load_job(job_id: str, account_id: int) -> Job:
+    if len(job_id) > 64:
+        raise not_found()
+    try:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+    except SQLAlchemyError as exc:
+        raise unavailable("database") from exc
+    # Another account's job is indistinguishable from a missing one.
+    if job is None or job.account_id != account_id:
+        raise not_found()
+    return job
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "result": job.result,
+        "error": job.error,
+        "resolved_model": job.resolved_model,
+        "credits_reserved": float(job.credits_reserved),
+        "credits_charged": None if job.credits_charged is None else float(job.credits_charged),
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    owner = authenticate()
+    return jsonify(job_view(load_job(job_id, owner.account_id)))
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    owner = authenticate()
+    load_job(job_id, owner.account_id)
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
+    try:
+        after = int(raw)
+    except ValueError:
+        raise bad_request("Last-Event-ID must be an event id (a whole number)") from None
+    if after < 0:
+        raise bad_request("Last-Event-ID must not be negative")
+    return sse_response(job_id, after)
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    owner = authenticate()
+    job = load_job(job_id, owner.account_id)
+    if job.status in ("queued", "running"):
+        request_cancel(job_id)
+    return jsonify({"id": job_id, "status": job.status, "cancel_requested": True})
+
+
+def request_cancel(job_id: str) -> None:
+    """Raise the job's cancel flag; workers check it between tokens."""
+    try:
+        _redis().set(events.cancel_key(job_id), "1", ex=3600)
+    except redis.RedisError as exc:
+        raise unavailable("redis") from exc
+    hook = current_app.extensions.get("chorus.on_cancel")
+    if hook is not None:
+        hook(job_id)

@@ -1,0 +1,153 @@
+"""One Redis subscription per API process, shared by every open stream of that process.
+
+Each stream registers a queue for its job; the reader greenlet hands each pub/sub message
+to the queues of that job. Subscribing is confirmed before a stream starts reading, and
+sequence gaps (pub/sub drops messages by design) are filled from the replay list.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import gevent
+import redis
+from gevent.event import Event
+from gevent.lock import Semaphore
+from gevent.queue import Empty, Queue
+
+from shared import events
+
+log = logging.getLogger(__name__)
+
+Item = tuple[int, str]
+
+
+class Watch:
+    """The live messages of one job for one stream."""
+
+    def __init__(self) -> None:
+        self.queue: Queue[Item] = Queue()
+
+    def get(self, timeout: float) -> Item | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except Empty:
+            return None
+
+
+class Relay:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._watches: dict[str, set[Watch]] = {}
+        self._confirm: dict[str, list[Event]] = {}
+        # Holds a refcount change and its (UN)SUBSCRIBE together so they reach Redis in order.
+        self._lock = Semaphore()
+        self._started = False
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        # A permanent subscription keeps the connection in subscribed mode between streams.
+        self._pubsub.subscribe(f"chorus:relay:{id(self)}")
+        gevent.spawn(self._read_forever)
+
+    def _read_forever(self) -> None:
+        while True:
+            try:
+                msg = self._pubsub.get_message(timeout=None)
+            except redis.RedisError as exc:
+                log.warning("relay subscription lost, reconnecting: %s", exc)
+                gevent.sleep(0.2)
+                continue
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, object]) -> None:
+        kind = msg["type"]
+        ch = msg["channel"]
+        name = ch.decode() if isinstance(ch, bytes) else str(ch)
+        if kind == "message":
+            job_id = name.removeprefix("chorus:ev:")
+            watches = self._watches.get(job_id)
+            if watches:
+                item = events.split_message(msg["data"])  # type: ignore[arg-type]
+                for w in watches:
+                    w.queue.put(item)
+        elif kind == "subscribe":
+            for ev in self._confirm.pop(name, []):
+                ev.set()
+
+    @contextmanager
+    def watch(self, job_id: str, confirm_timeout: float = 5.0) -> Iterator[Watch]:
+        """Subscribe (confirmed) to a job's live events for the duration of the block."""
+        self._start()
+        w = Watch()
+        ch = events.channel(job_id)
+        confirmed: Event | None = None
+        with self._lock:
+            watches = self._watches.setdefault(job_id, set())
+            watches.add(w)
+            if len(watches) == 1:
+                confirmed = Event()
+                self._confirm.setdefault(ch, []).append(confirmed)
+                self._pubsub.subscribe(ch)
+        try:
+            # Not confirmed in time only delays delivery: the replay list still has everything.
+            if confirmed is not None:
+                confirmed.wait(confirm_timeout)
+            yield w
+        finally:
+            with self._lock:
+                watches = self._watches.get(job_id, set())
+                watches.discard(w)
+                if not watches:
+                    self._watches.pop(job_id, None)
+                    with suppress(redis.RedisError):
+                        self._pubsub.unsubscribe(ch)
+
+
+def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
+    """Events after sequence number ``after`` from the replay list."""
+    raw = client.lrange(events.events_key(job_id), after, -1)
+    return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
+
+
+def follow(
+    relay: Relay,
+    client: redis.Redis,
+    job_id: str,
+    after: int = 0,
+    poll_s: float = 1.0,
+    keepalive_s: float = 15.0,
+) -> Iterator[Item | None]:
+    """Every event of the job after ``after``, exactly once and in order, until the final
+    one. Yields ``None`` as a keepalive tick when nothing happened for ``keepalive_s``."""
+    last = after
+    quiet = 0.0
+    with relay.watch(job_id) as w:
+        pending = backlog(client, job_id, last)
+        while True:
+            for seq, data in pending:
+                if seq != last + 1:
+                    continue
+                last = seq
+                yield seq, data
+                if events.is_final(data):
+                    return
+            item = w.get(timeout=poll_s)
+            if item is None:
+                # Silence: check the list in case pub/sub lost the message.
+                pending = backlog(client, job_id, last)
+                quiet = 0.0 if pending else quiet + poll_s
+                if quiet >= keepalive_s:
+                    quiet = 0.0
+                    yield None
+                continue
+            seq, data = item
+            if seq <= last:
+                continue
+            pending = [item] if seq == last + 1 else backlog(client, job_id, last)

@@ -1,0 +1,84 @@
+"""Relay a job's events to an HTTP client: as SSE, or gathered into one JSON answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Response, current_app, stream_with_context
+
+from api.errors import unavailable
+from api.relay import Relay, follow
+from shared import events
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Reverse proxies (nginx) must not buffer a stream.
+    "X-Accel-Buffering": "no",
+}
+
+
+def _relay() -> Relay:
+    relay: Relay = current_app.extensions["chorus.relay"]
+    return relay
+
+
+def _redis() -> redis.Redis:
+    client: redis.Redis = current_app.extensions["chorus.redis"]
+    return client
+
+
+def on_disconnect(job_id: str) -> None:
+    """Hook for a client that went away mid-stream (cancellation policy lives elsewhere)."""
+    hook = current_app.extensions.get("chorus.on_disconnect")
+    if hook is not None:
+        hook(job_id)
+
+
+def sse_response(job_id: str, after: int = 0, *, cancel_on_disconnect: bool = False) -> Response:
+    relay, client = _relay(), _redis()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def generate() -> Iterator[bytes]:
+        finished = False
+        try:
+            for item in follow(relay, client, job_id, after):
+                if item is None:
+                    yield events.KEEPALIVE_FRAME
+                    continue
+                seq, data = item
+                yield events.sse_frame(seq, data)
+            finished = True
+            yield events.DONE_FRAME
+        except redis.RedisError:
+            payload = events.encode(
+                events.final_event(
+                    "error", job_id=job_id, error={"code": "unavailable", "message": "redis lost"}
+                )
+            )
+            yield f"data: {payload}\n\n".encode()
+            yield events.DONE_FRAME
+            finished = True
+        finally:
+            if not finished and cancel_on_disconnect:
+                with app.app_context():
+                    on_disconnect(job_id)
+
+    headers = {**SSE_HEADERS, "X-Chorus-Job-Id": job_id}
+    return Response(
+        stream_with_context(generate()), mimetype="text/event-stream", headers=headers
+    )
+
+
+def wait_final(job_id: str) -> dict[str, Any]:
+    """Block until the job's terminal event and return it (non-streaming calls)."""
+    try:
+        for item in follow(_relay(), _redis(), job_id):
+            if item is not None and events.is_final(item[1]):
+                final: dict[str, Any] = json.loads(item[1])
+                return final
+    except redis.RedisError as exc:
+        raise unavailable("redis") from exc
+    raise unavailable("event stream")

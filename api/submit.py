@@ -1,0 +1,121 @@
+"""Turn a validated request into a job: reserve credits, store it, enqueue it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import redis
+from flask import current_app, request
+from kombu.exceptions import KombuError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.errors import ApiError, bad_request, unavailable
+from shared import events, ledger, pricing
+from shared.db import session_scope
+from shared.keys import KeyOwner
+from shared.registry import Registry, RegistryError
+from shared.tables import Job
+
+QUEUE_INTERACTIVE = "interactive"
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse_body(model: type[T]) -> T:
+    """Strict validation: wrong types, unknown fields and bad values are all 400."""
+    if request.mimetype != "application/json":
+        raise bad_request("body must be JSON (Content-Type: application/json)")
+    raw = request.get_data(cache=True)
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise bad_request("body must be a JSON object")
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return _raise(bad_request(f"{param or 'body'}: {first['msg']}", param))
+
+
+def _raise(err: ApiError) -> Any:
+    raise err
+
+
+def check_models(ids: list[str], registry: Registry, param: str) -> None:
+    for model_id in ids:
+        if model_id not in registry:
+            raise bad_request(f"unknown model {model_id!r}; see GET /api/v1/models", param)
+
+
+def create_job(
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis
+) -> tuple[str, Decimal]:
+    """Store the job and hold its worst-case cost in one transaction (402 if not covered)."""
+    try:
+        calls = pricing.plan_calls(kind, body, registry)
+    except RegistryError as exc:
+        raise bad_request(str(exc)) from exc
+    hold = pricing.reservation(kind, calls)
+    job_id = str(uuid.uuid4())
+    if owner.zero_retention:
+        try:
+            client.set(events.request_key(job_id), json.dumps(body), ex=3600)
+        except redis.RedisError as exc:
+            raise unavailable("redis") from exc
+    try:
+        with session_scope() as session:
+            session.add(
+                Job(
+                    id=job_id,
+                    account_id=owner.account_id,
+                    key_id=owner.key_id,
+                    kind=kind,
+                    status="queued",
+                    request=None if owner.zero_retention else body,
+                    session_id=body.get("session_id"),
+                    credits_reserved=hold,
+                )
+            )
+            session.flush()
+            ledger.reserve(session, owner.account_id, job_id, hold)
+    except ledger.InsufficientCredits as exc:
+        raise ApiError(
+            402,
+            "insufficient_credits",
+            f"this request needs up to {exc.required} credits; {exc.available} available",
+            credits=float(exc.available),
+            required=float(exc.required),
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise unavailable("database") from exc
+    return job_id, hold
+
+
+def enqueue(job_id: str, queue: str = QUEUE_INTERACTIVE) -> None:
+    celery = current_app.extensions["celery"]
+    try:
+        celery.send_task("chorus.run_job", args=[job_id], queue=queue)
+    except (KombuError, OSError, redis.RedisError) as exc:
+        abandon(job_id)
+        raise unavailable("queue") from exc
+
+
+def abandon(job_id: str) -> None:
+    """A job that could not be enqueued never ran: release its hold, mark it failed."""
+    try:
+        with session_scope() as session:
+            ledger.settle(session, job_id, Decimal(0))
+            job = session.get(Job, job_id)
+            if job is not None:
+                job.status = "failed"
+                job.credits_charged = Decimal(0)
+                job.error = {"code": "unavailable", "message": "could not enqueue"}
+    except SQLAlchemyError:
+        current_app.logger.exception("could not abandon job %s", job_id)

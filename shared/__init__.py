@@ -1,0 +1,1 @@
+"""Code imported by both the API and the workers: settings, registry, schemas, storage."""

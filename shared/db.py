@@ -1,0 +1,83 @@
+"""One SQLAlchemy engine per process, tuned for PostgreSQL or the embedded SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+_engines: dict[str, Engine] = {}
+_makers: dict[str, sessionmaker[Session]] = {}
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the API read while a worker writes; busy_timeout waits out writers.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if _gevent_patched():
+        # psycopg2 blocks the whole process unless told to yield to the gevent hub.
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+    return create_engine(url, pool_size=20, max_overflow=80, pool_pre_ping=True)
+
+
+def _resolve(url: str | None) -> str:
+    if url is None:
+        from shared.settings import get_settings
+
+        url = get_settings().database_url
+    if url not in _engines:
+        _engines[url] = make_engine(url)
+        _makers[url] = sessionmaker(_engines[url], expire_on_commit=False)
+    return url
+
+
+def get_engine(url: str | None = None) -> Engine:
+    return _engines[_resolve(url)]
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session committed on success and rolled back on any error."""
+    session = _makers[_resolve(url)]()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def reset_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _makers.clear()

@@ -1,0 +1,57 @@
+"""The event stream's wire format and the Redis names that carry it.
+
+A job's events live twice: appended to a replay list (the source of truth, numbered by
+position, 1-based) and published on a per-job channel for live delivery. Pub/sub may
+drop messages (a slow subscriber, a reconnect); the list never does, so relays fill any
+gap in sequence numbers from it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE_FRAME = b"data: [DONE]\n\n"
+KEEPALIVE_FRAME = b": keepalive\n\n"
+
+
+def events_key(job_id: str) -> str:
+    return f"chorus:job:{job_id}:events"
+
+
+def channel(job_id: str) -> str:
+    return f"chorus:ev:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"chorus:job:{job_id}:cancel"
+
+
+def request_key(job_id: str) -> str:
+    """Where a zero-retention job's request waits for its worker (never in the database)."""
+    return f"chorus:job:{job_id}:request"
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def is_final(data: str) -> bool:
+    """True for the job's terminal event, which ``final_event`` always writes first."""
+    return data.startswith('{"final":true')
+
+
+def final_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """The job's last event: ``event`` is ``done`` or ``error``; ``final`` leads the JSON."""
+    return {"final": True, "event": kind, **fields}
+
+
+def sse_frame(seq: int, data: str) -> bytes:
+    return f"id: {seq}\ndata: {data}\n\n".encode()
+
+
+def split_message(message: bytes | str) -> tuple[int, str]:
+    """A pub/sub payload is ``<seq>\\n<json>``."""
+    text = message.decode() if isinstance(message, bytes) else message
+    seq, _, data = text.partition("\n")
+    return int(seq), data

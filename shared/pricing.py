@@ -1,0 +1,80 @@
+"""Worst-case credit estimates made before a job runs, so the reservation covers it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from shared.registry import ModelSpec, Registry
+
+BASE_CREDITS: dict[str, Decimal] = {
+    "chat": Decimal(1),
+    "compare": Decimal(3),
+    "blend": Decimal(4),
+    "judge": Decimal(5),
+}
+
+
+def estimate_tokens(text: str) -> int:
+    return 0 if not text else max(1, (len(text) + 3) // 4)
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    model: ModelSpec
+    prompt_tokens: int
+    max_output: int
+
+    def worst_cost(self) -> Decimal:
+        return self.model.cost(self.prompt_tokens, self.max_output)
+
+
+def output_cap(model: ModelSpec, max_tokens: int | None) -> int:
+    return min(max_tokens, model.max_output_tokens) if max_tokens else model.max_output_tokens
+
+
+def reservation(kind: str, calls: list[PlannedCall]) -> Decimal:
+    total = BASE_CREDITS.get(kind, Decimal(1)) + sum(
+        (c.worst_cost() for c in calls), Decimal(0)
+    )
+    return total.quantize(Decimal("0.000001"))
+
+
+def priciest(registry: Registry, model_ids: list[str] | None = None) -> ModelSpec:
+    """The model with the highest output price; bounds ``auto`` before routing decides."""
+    pool = [registry.get(m) for m in model_ids] if model_ids else list(registry.models.values())
+    return max(pool, key=lambda m: (m.output_per_mtok, m.input_per_mtok))
+
+
+def prompt_tokens(messages: list[dict[str, object]]) -> int:
+    text = "\n".join(str(m.get("content") or "") for m in messages)
+    # A few tokens per message for role and framing overhead.
+    return estimate_tokens(text) + 4 * len(messages)
+
+
+def plan_calls(kind: str, body: dict[str, object], registry: Registry) -> list[PlannedCall]:
+    """Every model call a job may make, at its worst case, from the validated body."""
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    p_tokens = prompt_tokens(messages)
+    max_tokens = body.get("max_tokens")
+    assert max_tokens is None or isinstance(max_tokens, int)
+
+    def call(model: ModelSpec, extra_prompt: int = 0) -> PlannedCall:
+        return PlannedCall(model, p_tokens + extra_prompt, output_cap(model, max_tokens))
+
+    if kind == "chat":
+        model_id = body["model"]
+        routing = body.get("routing") or {}
+        assert isinstance(routing, dict)
+        fallback = [registry.get(m) for m in routing.get("fallback", [])]
+        primary = priciest(registry) if model_id == "auto" else registry.get(str(model_id))
+        calls = [call(primary)]
+        # A fallback may be handed the partial answer of the call before it.
+        calls += [call(m, extra_prompt=calls[-1].max_output) for m in fallback]
+        return calls
+    if kind == "compare":
+        return [call(registry.get(m)) for m in body["models"]]  # type: ignore[attr-defined]
+    from shared.plans import plan_orchestration
+
+    return plan_orchestration(kind, body, registry, call)

@@ -1,0 +1,69 @@
+"""Process settings read once from the environment, with one-machine defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("CHORUS_DATA_DIR", Path.cwd() / "var"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8000
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""
+    models_path: Path = PACKAGE_DIR / "models.toml"
+    mock_url: str = "http://127.0.0.1:8100"
+    secret_key: str = ""
+    max_body_bytes: int = 1_000_000
+    # Replay buffers outlive a job by this much so late or reconnecting clients catch up.
+    replay_ttl_s: int = 3600
+    replay_ttl_after_done_s: int = 600
+    # Provider call limits.
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    worker_concurrency: int = 200
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def from_env() -> Settings:
+    data_dir = _default_data_dir()
+    database_url = os.environ.get("CHORUS_DATABASE_URL") or f"sqlite:///{data_dir / 'chorus.db'}"
+    redis_url = os.environ.get("CHORUS_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    return Settings(
+        port=int(os.environ.get("PORT") or 8000),
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_url=os.environ.get("CHORUS_BROKER_URL") or redis_url,
+        models_path=Path(os.environ.get("CHORUS_MODELS") or PACKAGE_DIR / "models.toml"),
+        mock_url=(os.environ.get("CHORUS_MOCK_URL") or "http://127.0.0.1:8100").rstrip("/"),
+        secret_key=os.environ.get("CHORUS_SECRET_KEY", ""),
+        max_body_bytes=int(os.environ.get("CHORUS_MAX_BODY_BYTES") or 1_000_000),
+        connect_timeout_s=_env_float("CHORUS_CONNECT_TIMEOUT", 5.0),
+        first_token_timeout_s=_env_float("CHORUS_FIRST_TOKEN_TIMEOUT", 60.0),
+        idle_timeout_s=_env_float("CHORUS_IDLE_TIMEOUT", 60.0),
+        worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return from_env()

@@ -1,0 +1,116 @@
+"""SQLAlchemy tables: accounts, keys, the credits ledger, jobs and the request log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+CREDITS = Numeric(18, 6)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    tier: Mapped[str] = mapped_column(String(10), default="free")
+    # balance = sum of the ledger's amounts; reserved = sum of its holds.
+    balance: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    zero_retention: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LedgerEntry(Base):
+    """Append-only. ``amount`` moves the balance, ``hold`` moves the reservation."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_ledger_job_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    hold: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_account_created", "account_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # None for zero-retention accounts: the request then lives only in Redis, briefly.
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    resolved_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    credits_reserved: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    credits_charged: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RequestLog(Base):
+    """One row per provider call: the metadata kept even for zero-retention accounts."""
+
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_account_created", "account_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    model: Mapped[str] = mapped_column(String(100))
+    provider: Mapped[str] = mapped_column(String(50))
+    role: Mapped[str] = mapped_column(String(20), default="")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(Numeric(12, 3), nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Numeric(12, 3), default=0)
+    status: Mapped[str] = mapped_column(String(16))
+    cost: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,1 @@
+"""Celery workers: call providers, run pipelines, publish every event to Redis."""

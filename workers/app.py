@@ -1,0 +1,43 @@
+"""The Celery application: broker, queues and the settings streaming work needs."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import Settings, get_settings
+
+QUEUES = ("interactive", "batch")
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("chorus", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.effective_broker_url,
+        # Only chords read results (their header answers); chat results are the events.
+        result_backend=settings.redis_url,
+        task_ignore_result=True,
+        result_expires=3600,
+        task_default_queue="interactive",
+        task_create_missing_queues=True,
+        # A task is acknowledged when it ends, so a killed worker's job is redelivered;
+        # settlement is idempotent by job id, so redelivery never charges twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # kombu's default pool of 10 starves hundreds of greenlets acking at once.
+            "max_connections": settings.worker_concurrency + 50,
+            "visibility_timeout": 3600,
+        },
+        result_backend_transport_options={"max_connections": settings.worker_concurrency + 50},
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_send_task_events=False,
+    )
+    return app
+
+
+celery = make_celery()

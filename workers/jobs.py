@@ -1,0 +1,191 @@
+"""A job's life on a worker: claim it, run its handler, settle, publish the final event."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+
+from shared import events, ledger
+from shared.db import session_scope
+from shared.pricing import BASE_CREDITS
+from shared.tables import Account, Job, RequestLog
+from workers.calls import CallResult, JobContext
+from workers.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+FINAL = ("succeeded", "failed", "cancelled")
+CONTENT_FIELDS = ("full_content", "content", "tool_calls", "answers", "results", "summary_text")
+
+
+@dataclass
+class JobSpec:
+    id: str
+    kind: str
+    account_id: int
+    body: dict[str, Any]
+    zero_retention: bool
+
+
+@dataclass
+class Outcome:
+    status: str
+    result: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    calls: list[CallResult] = field(default_factory=list)
+    resolved_model: str | None = None
+
+
+Handler = Callable[[JobContext, JobSpec], Outcome]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def claim(job_id: str, rt: Runtime) -> JobSpec | None:
+    """Move the job to running; None if it is already final (a redelivered task)."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist", job_id)
+            return None
+        if job.status in FINAL:
+            _republish_final(job, rt)
+            return None
+        retried = job.status == "running"
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="running", started_at=datetime.now(UTC))
+        )
+        zero_retention = session.execute(
+            select(Account.zero_retention).where(Account.id == job.account_id)
+        ).scalar_one()
+        body = job.request
+        spec_kind, account_id = job.kind, job.account_id
+    if body is None:
+        raw = rt.redis.get(events.request_key(job_id))
+        body = json.loads(raw) if raw else None
+    if body is None:
+        return JobSpec(job_id, spec_kind, account_id, {}, zero_retention)
+    if retried:
+        # A worker died mid-job: tell clients the answer restarts from scratch.
+        rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})
+    return JobSpec(job_id, spec_kind, account_id, body, zero_retention)
+
+
+def _republish_final(job: Job, rt: Runtime) -> None:
+    """A worker that died between commit and publish left no final event: write it now."""
+    last = rt.redis.lrange(events.events_key(job.id), -1, -1)
+    if last and events.is_final(last[0].decode() if isinstance(last[0], bytes) else last[0]):
+        return
+    rt.publisher.publish(job.id, final_event_for(job.id, job.status, job.result or {},
+                                                 job.error, job.credits_charged or Decimal(0),
+                                                 job.resolved_model))
+    rt.publisher.flush()
+
+
+def final_event_for(
+    job_id: str,
+    status: str,
+    result: dict[str, Any],
+    error: dict[str, Any] | None,
+    charged: Decimal,
+    resolved_model: str | None,
+) -> dict[str, Any]:
+    kind = "done" if status != "failed" else "error"
+    fields: dict[str, Any] = {"job_id": job_id, "status": status, **result}
+    if error is not None:
+        fields["error"] = error
+    fields["credits_charged"] = float(charged)
+    if resolved_model is not None:
+        fields["resolved_model"] = resolved_model
+    return events.final_event(kind, **fields)
+
+
+def charge_for(kind: str, outcome: Outcome) -> Decimal:
+    tokens = sum((c.cost for c in outcome.calls), Decimal(0))
+    # Failed and cancelled jobs pay only for the tokens produced, not the base fee.
+    base = BASE_CREDITS.get(kind, Decimal(1)) if outcome.status == "succeeded" else Decimal(0)
+    return tokens + base
+
+
+def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
+    """Settle, store and announce the job's end; settling twice is a no-op."""
+    cost = charge_for(spec.kind, outcome)
+    stored = outcome.result
+    if spec.zero_retention:
+        stored = {k: v for k, v in outcome.result.items() if k not in CONTENT_FIELDS}
+    with session_scope() as session:
+        charged = ledger.settle(session, spec.id, cost)
+        session.execute(
+            update(Job)
+            .where(Job.id == spec.id)
+            .values(
+                status=outcome.status,
+                result=stored,
+                error=outcome.error,
+                credits_charged=charged,
+                resolved_model=outcome.resolved_model,
+                finished_at=datetime.now(UTC),
+            )
+        )
+        for c in outcome.calls:
+            session.add(
+                RequestLog(
+                    job_id=spec.id,
+                    account_id=spec.account_id,
+                    model=c.model,
+                    provider=c.provider,
+                    role=c.role or "",
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens,
+                    ttft_ms=c.ttft_ms,
+                    latency_ms=round(c.latency_ms, 3),
+                    status="cancelled" if c.cancelled else ("ok" if c.ok else "error"),
+                    cost=c.cost,
+                    error=None if c.error is None else f"{c.error.code}: {c.error.message}"[:500],
+                )
+            )
+    rt.publisher.publish(
+        spec.id,
+        final_event_for(spec.id, outcome.status, outcome.result, outcome.error, charged,
+                        outcome.resolved_model),
+    )
+    rt.publisher.flush()
+    if spec.zero_retention:
+        rt.redis.delete(events.request_key(spec.id))
+
+
+def run_job(job_id: str, rt: Runtime | None = None) -> None:
+    rt = rt or get_runtime()
+    spec = claim(job_id, rt)
+    if spec is None:
+        return
+    ctx = JobContext(job_id=spec.id, account_id=spec.account_id, runtime=rt)
+    if not spec.body:
+        outcome = Outcome("failed", error={"code": "request_expired",
+                                           "message": "the job's request is no longer stored"})
+    elif ctx.cancelled(force=True):
+        outcome = Outcome("cancelled")
+    else:
+        try:
+            outcome = HANDLERS[spec.kind](ctx, spec)
+        except Exception:
+            log.exception("job %s crashed", job_id)
+            outcome = Outcome("failed", error={"code": "internal_error",
+                                               "message": "the job failed inside Chorus"})
+    finish(spec, outcome, rt)

@@ -1,0 +1,1 @@
+"""Provider adapters, one folder each, behind the ``Adapter`` protocol in ``base.py``."""

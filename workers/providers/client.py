@@ -1,0 +1,117 @@
+"""The transport shared by every adapter: one pooled httpx client, SSE parsing, timeouts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import httpx
+from httpx_sse import EventSource
+
+from shared.registry import ModelSpec
+from workers.providers.base import ChatCall, Completion, Delta, estimate_tokens
+from workers.providers.errors import (
+    ProviderError,
+    StreamBroken,
+    UpstreamConnectError,
+    UpstreamTimeout,
+)
+from workers.providers.registry import get_adapter
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    # Longest silence allowed between two bytes of a response, first token included.
+    idle: float = 60.0
+
+
+def make_http_client(max_connections: int = 1000) -> httpx.Client:
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=200)
+    return httpx.Client(limits=limits, timeout=httpx.Timeout(60.0, connect=5.0))
+
+
+def _timeout(t: Timeouts) -> httpx.Timeout:
+    return httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect)
+
+
+def stream_chat(
+    http: httpx.Client,
+    model: ModelSpec,
+    call: ChatCall,
+    *,
+    api_key: str | None = None,
+    timeouts: Timeouts = Timeouts(),
+) -> Generator[Delta, None, None]:
+    """Yield deltas as the provider streams them; raise a ``ProviderError`` on any failure.
+
+    A stream that ends without a finish reason is ``StreamBroken``: a provider that hangs
+    up mid-answer must never look like a short, successful one.
+    """
+    adapter = get_adapter(model.provider.adapter)
+    key = model.provider.api_key() if api_key is None else api_key
+    req = adapter.build_request(model, call, stream=True, api_key=key)
+    finished = False
+    try:
+        with http.stream(
+            req.method, req.url, json=req.json, headers=req.headers, timeout=_timeout(timeouts)
+        ) as resp:
+            if resp.status_code >= 400:
+                body = resp.read().decode("utf-8", "replace")
+                raise adapter.map_error(resp.status_code, body, resp.headers)
+            for sse in EventSource(resp).iter_sse():
+                for delta in adapter.parse_stream_event(sse.event, sse.data):
+                    if delta.finish_reason is not None:
+                        finished = True
+                    yield delta
+    except ProviderError:
+        raise
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"provider timed out ({type(exc).__name__})") from exc
+    except httpx.ConnectError as exc:
+        raise UpstreamConnectError(f"cannot connect to provider: {exc}") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.StreamError) as exc:
+        raise StreamBroken(f"provider stream broke: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamConnectError(f"provider transport failed: {exc}") from exc
+    if not finished:
+        raise StreamBroken("provider stream ended without a finish reason")
+
+
+def complete_chat(
+    http: httpx.Client,
+    model: ModelSpec,
+    call: ChatCall,
+    *,
+    api_key: str | None = None,
+    timeouts: Timeouts = Timeouts(),
+) -> Completion:
+    """One non-streaming call (health probes, tools that need a whole answer)."""
+    adapter = get_adapter(model.provider.adapter)
+    key = model.provider.api_key() if api_key is None else api_key
+    req = adapter.build_request(model, call, stream=False, api_key=key)
+    try:
+        resp = http.request(
+            req.method, req.url, json=req.json, headers=req.headers, timeout=_timeout(timeouts)
+        )
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"provider timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamConnectError(f"cannot reach provider: {exc}") from exc
+    if resp.status_code >= 400:
+        raise adapter.map_error(resp.status_code, resp.text, resp.headers)
+    try:
+        body = resp.json()
+    except json.JSONDecodeError as exc:
+        raise StreamBroken("provider sent a body that is not JSON", raw_body=resp.text) from exc
+    completion = adapter.parse_response(body)
+    if completion.usage is None:
+        from workers.providers.base import Usage, messages_text
+
+        completion.usage = Usage(
+            estimate_tokens(messages_text(call.messages)),
+            estimate_tokens(completion.text),
+            estimated=True,
+        )
+    return completion

@@ -1,0 +1,56 @@
+"""What one worker process shares across its tasks: HTTP pool, Redis, event publisher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import httpx
+import redis
+from gevent import monkey
+
+from shared.registry import Registry, get_registry
+from shared.settings import Settings, get_settings
+from workers.providers.client import Timeouts, make_http_client
+from workers.publisher import CoalescingPublisher, EventSink, SyncPublisher
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def registry(self) -> Registry:
+        return get_registry(self.settings.models_path)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        return make_http_client()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        pool = redis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=100, timeout=10, socket_connect_timeout=2
+        )
+        return redis.Redis(connection_pool=pool)
+
+    @cached_property
+    def publisher(self) -> EventSink:
+        s = self.settings
+        if monkey.is_module_patched("socket"):
+            return CoalescingPublisher(self.redis, s.replay_ttl_s, s.replay_ttl_after_done_s)
+        return SyncPublisher(self.redis, s.replay_ttl_s, s.replay_ttl_after_done_s)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(connect=self.settings.connect_timeout_s, idle=self.settings.idle_timeout_s)
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(get_settings())
+    return _runtime
