@@ -10,8 +10,9 @@ from flask import Flask, Response, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import jobs, system
+from api import account, jobs, openai_compat, openapi, ratelimit, system, ws
 from api.errors import ApiError
+from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
 from shared.settings import Settings, get_settings
 
@@ -43,9 +44,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = make_redis(settings.redis_url)
     app.extensions["chorus.redis"] = client
     app.extensions["chorus.relay"] = Relay(client)
+    app.extensions["chorus.model_health"] = system.health_reader(client, settings)
     celery_init_app(app)
+    # Metered before any view runs; every response gets the X-RateLimit-* headers.
+    ratelimit.init_app(app, client, settings)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(account.bp)
     app.register_blueprint(system.bp)
+    app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(openapi.bp)
+    ws.init_app(app)
+    # A client that leaves mid-stream stops its job (unless it asked to keep it running).
+    app.extensions["chorus.on_disconnect"] = jobs.cancel_after_disconnect
+    app.extensions["chorus.on_cancel"] = revoke_pipeline
     _register_errors(app)
     return app
 

@@ -9,13 +9,14 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import authenticate
-from api.errors import bad_request, not_found, unavailable
+from api.errors import ApiError, bad_request, not_found, unavailable
 from api.streaming import sse_response, wait_final
 from api.submit import check_models, create_job, enqueue, parse_body
 from shared import events
 from shared.db import session_scope
+from shared.keys import KeyOwner
 from shared.registry import Registry, get_registry
-from shared.schemas import JOB_KINDS
+from shared.schemas import JOB_KINDS, Common
 from shared.tables import Job
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
@@ -32,19 +33,31 @@ def _redis() -> redis.Redis:
     return client
 
 
-def submit(kind: str) -> Response:
-    owner = authenticate()
-    req = parse_body(JOB_KINDS[kind])
+MODEL_PARAM = {"chat": "model", "compare": "models", "blend": "models", "judge": "contestants"}
+
+
+def start_job(owner: KeyOwner, kind: str, req: Common) -> str:
+    """Check the models, store the job and hold its credits; the caller enqueues it.
+
+    Every entry point (REST, OpenAI-compatible, WebSocket) goes through here so they
+    share validation, credits and the ``chorus.before_enqueue`` hook."""
     registry = _registry()
-    param = {"chat": "model", "compare": "models", "blend": "models", "judge": "contestants"}[kind]
-    check_models(req.model_ids(), registry, param)
+    check_models(req.model_ids(), registry, MODEL_PARAM[kind])
     body = req.model_dump(mode="json", exclude_none=True)
     job_id, _hold = create_job(owner, kind, body, registry, _redis())
     hook = current_app.extensions.get("chorus.before_enqueue")
     if hook is not None:
         hook(job_id, body)
+    return job_id
+
+
+def submit(kind: str) -> Response:
+    owner = authenticate()
+    req = parse_body(JOB_KINDS[kind])
+    job_id = start_job(owner, kind, req)
     if req.stream:
-        # Subscribe before enqueueing so not even the first token waits on the replay list.
+        # The relay subscribes when the response starts; events published before that
+        # are read from the replay list, so nothing is lost either way.
         resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running)
         enqueue(job_id)
         return resp
@@ -153,3 +166,12 @@ def request_cancel(job_id: str) -> None:
     hook = current_app.extensions.get("chorus.on_cancel")
     if hook is not None:
         hook(job_id)
+
+
+def cancel_after_disconnect(job_id: str) -> None:
+    """The ``chorus.on_disconnect`` hook: nobody reads the answer any more, so stop paying
+    for it. Runs while a stream is torn down, so it logs instead of raising."""
+    try:
+        request_cancel(job_id)
+    except ApiError:
+        current_app.logger.warning("could not cancel job %s after its client left", job_id)

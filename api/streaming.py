@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
@@ -37,7 +37,24 @@ def on_disconnect(job_id: str) -> None:
         hook(job_id)
 
 
-def sse_response(job_id: str, after: int = 0, *, cancel_on_disconnect: bool = False) -> Response:
+# Renders one event (sequence number, JSON text) as the bytes a client reads; the
+# sequence number is None for an event that is not in the job's replay list.
+Frames = Callable[[int | None, str], Iterable[bytes]]
+
+
+def chorus_frames(seq: int | None, data: str) -> Iterable[bytes]:
+    if seq is None:
+        return (f"data: {data}\n\n".encode(),)
+    return (events.sse_frame(seq, data),)
+
+
+def sse_response(
+    job_id: str,
+    after: int = 0,
+    *,
+    cancel_on_disconnect: bool = False,
+    frames: Frames = chorus_frames,
+) -> Response:
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
@@ -49,7 +66,7 @@ def sse_response(job_id: str, after: int = 0, *, cancel_on_disconnect: bool = Fa
                     yield events.KEEPALIVE_FRAME
                     continue
                 seq, data = item
-                yield events.sse_frame(seq, data)
+                yield from frames(seq, data)
             finished = True
             yield events.DONE_FRAME
         except redis.RedisError:
@@ -58,7 +75,7 @@ def sse_response(job_id: str, after: int = 0, *, cancel_on_disconnect: bool = Fa
                     "error", job_id=job_id, error={"code": "unavailable", "message": "redis lost"}
                 )
             )
-            yield f"data: {payload}\n\n".encode()
+            yield from frames(None, payload)
             yield events.DONE_FRAME
             finished = True
         finally:

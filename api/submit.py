@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import ApiError, bad_request, unavailable
-from shared import events, ledger, pricing
+from shared import budgets, byok, events, ledger, pricing
 from shared.db import session_scope
 from shared.keys import KeyOwner
 from shared.registry import Registry, RegistryError
@@ -57,12 +57,11 @@ def check_models(ids: list[str], registry: Registry, param: str) -> None:
 def create_job(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis
 ) -> tuple[str, Decimal]:
-    """Store the job and hold its worst-case cost in one transaction (402 if not covered)."""
-    try:
-        calls = pricing.plan_calls(kind, body, registry)
-    except RegistryError as exc:
-        raise bad_request(str(exc)) from exc
-    hold = pricing.reservation(kind, calls)
+    """Store the job and hold its worst-case cost in one transaction (402 if not covered).
+
+    The key's and the session's budgets are held first, then the wallet; when either
+    refuses, the whole transaction (job row included) rolls back.
+    """
     job_id = str(uuid.uuid4())
     if owner.zero_retention:
         try:
@@ -71,6 +70,9 @@ def create_job(
             raise unavailable("redis") from exc
     try:
         with session_scope() as session:
+            terms = budgets.terms(session, owner.key_id)
+            own = terms.own_providers if kind in byok.JOB_KINDS else []
+            hold = _worst_case(kind, body, registry, own)
             session.add(
                 Job(
                     id=job_id,
@@ -81,10 +83,25 @@ def create_job(
                     request=None if owner.zero_retention else body,
                     session_id=body.get("session_id"),
                     credits_reserved=hold,
+                    byok=own or None,
                 )
             )
             session.flush()
+            budgets.reserve(
+                session, terms, account_id=owner.account_id, key_id=owner.key_id,
+                session_id=body.get("session_id"), job_id=job_id, amount=hold,
+            )
             ledger.reserve(session, owner.account_id, job_id, hold)
+    except budgets.BudgetExceeded as exc:
+        raise ApiError(
+            402,
+            "budget_exceeded",
+            f"the {exc.scope} budget has {exc.remaining} of {exc.limit} credits left; this "
+            f"request needs up to {exc.required}",
+            credits=float(exc.remaining),
+            required=float(exc.required),
+            budget={"scope": exc.scope, "limit": float(exc.limit), "used": float(exc.used)},
+        ) from exc
     except ledger.InsufficientCredits as exc:
         raise ApiError(
             402,
@@ -98,10 +115,20 @@ def create_job(
     return job_id, hold
 
 
+def _worst_case(kind: str, body: dict[str, Any], registry: Registry, own: list[str]) -> Decimal:
+    """The hold: calls on the account's own provider keys cost it no token credits."""
+    try:
+        calls = pricing.plan_calls(kind, body, registry, own)
+    except RegistryError as exc:
+        raise bad_request(str(exc)) from exc
+    return pricing.reservation(kind, calls, own)
+
+
 def enqueue(job_id: str, queue: str = QUEUE_INTERACTIVE) -> None:
     celery = current_app.extensions["celery"]
     try:
-        celery.send_task("chorus.run_job", args=[job_id], queue=queue)
+        # No result subscription: a job's result is its event stream, not a Celery result.
+        celery.send_task("chorus.run_job", args=[job_id], queue=queue, ignore_result=True)
     except (KombuError, OSError, redis.RedisError) as exc:
         abandon(job_id)
         raise unavailable("queue") from exc
@@ -111,7 +138,7 @@ def abandon(job_id: str) -> None:
     """A job that could not be enqueued never ran: release its hold, mark it failed."""
     try:
         with session_scope() as session:
-            ledger.settle(session, job_id, Decimal(0))
+            ledger.release(session, job_id)
             job = session.get(Job, job_id)
             if job is not None:
                 job.status = "failed"

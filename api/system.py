@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,8 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import authenticate
+from shared.breaker import Breaker, BreakerConfig, model_health
 from shared.db import session_scope
 from shared.registry import ModelSpec, get_registry
+from shared.settings import Settings
 
 bp = Blueprint("system", __name__)
 
@@ -60,6 +65,20 @@ def model_view(m: ModelSpec) -> dict[str, object]:
         "capabilities": sorted(m.capabilities),
         "tags": sorted(m.tags),
     }
+
+
+def health_reader(client: redis.Redis, settings: Settings) -> Callable[[str], dict[str, Any]]:
+    """Live health per model (breaker, recent error rate and latency, last probe)."""
+    breaker = Breaker(client, BreakerConfig.from_settings(settings))
+
+    def read(model_id: str) -> dict[str, Any]:
+        try:
+            return model_health(client, breaker, model_id)
+        except redis.RedisError:
+            # The registry is still worth serving when live health cannot be read.
+            return {"breaker": None, "error": "health unavailable (redis)"}
+
+    return read
 
 
 @bp.get("/api/v1/models")

@@ -44,7 +44,9 @@ def make_engine(url: str) -> Engine:
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
-    return create_engine(url, pool_size=20, max_overflow=80, pool_pre_ping=True)
+    # Bounded so N API + M worker processes stay under PostgreSQL's max_connections;
+    # no pre-ping (a round trip per checkout): stale connections are recycled instead.
+    return create_engine(url, pool_size=10, max_overflow=15, pool_recycle=1800, pool_timeout=30)
 
 
 def _resolve(url: str | None) -> str:

@@ -74,11 +74,13 @@ def create_key(
     tier: str = "free",
     zero_retention: bool = False,
     name: str = "",
+    budget: Decimal | None = None,
 ) -> str:
     """Create (or update) the account, grant credits, mint a key; return it in clear once."""
     account = ensure_account(session, account_name, tier, zero_retention)
     key = mint_key()
-    session.add(ApiKey(account_id=account.id, key_hash=hash_key(key), prefix=key[:10], name=name))
+    session.add(ApiKey(account_id=account.id, key_hash=hash_key(key), prefix=key[:10], name=name,
+                       budget=budget))
     if credits:
         ledger.grant(session, account.id, credits, note="key creation")
     session.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,16 +34,25 @@ def output_cap(model: ModelSpec, max_tokens: int | None) -> int:
     return min(max_tokens, model.max_output_tokens) if max_tokens else model.max_output_tokens
 
 
-def reservation(kind: str, calls: list[PlannedCall]) -> Decimal:
+def reservation(
+    kind: str, calls: list[PlannedCall], own_providers: Collection[str] = ()
+) -> Decimal:
+    """Base credits plus the worst token cost of every call not made on the account's own key."""
     total = BASE_CREDITS.get(kind, Decimal(1)) + sum(
-        (c.worst_cost() for c in calls), Decimal(0)
+        (c.worst_cost() for c in calls if c.model.provider.name not in own_providers), Decimal(0)
     )
     return total.quantize(Decimal("0.000001"))
 
 
-def priciest(registry: Registry, model_ids: list[str] | None = None) -> ModelSpec:
-    """The model with the highest output price; bounds ``auto`` before routing decides."""
+def priciest(
+    registry: Registry, model_ids: list[str] | None = None, own_providers: Collection[str] = ()
+) -> ModelSpec:
+    """The model with the highest output price; bounds ``auto`` before routing decides.
+
+    Models on the account's own keys cost it no tokens, so they bound nothing unless
+    every candidate is one."""
     pool = [registry.get(m) for m in model_ids] if model_ids else list(registry.models.values())
+    pool = [m for m in pool if m.provider.name not in own_providers] or pool
     return max(pool, key=lambda m: (m.output_per_mtok, m.input_per_mtok))
 
 
@@ -52,7 +62,9 @@ def prompt_tokens(messages: list[dict[str, object]]) -> int:
     return estimate_tokens(text) + 4 * len(messages)
 
 
-def plan_calls(kind: str, body: dict[str, object], registry: Registry) -> list[PlannedCall]:
+def plan_calls(
+    kind: str, body: dict[str, object], registry: Registry, own_providers: Collection[str] = ()
+) -> list[PlannedCall]:
     """Every model call a job may make, at its worst case, from the validated body."""
     messages = body["messages"]
     assert isinstance(messages, list)
@@ -68,7 +80,10 @@ def plan_calls(kind: str, body: dict[str, object], registry: Registry) -> list[P
         routing = body.get("routing") or {}
         assert isinstance(routing, dict)
         fallback = [registry.get(m) for m in routing.get("fallback", [])]
-        primary = priciest(registry) if model_id == "auto" else registry.get(str(model_id))
+        primary = (
+            priciest(registry, own_providers=own_providers)
+            if model_id == "auto" else registry.get(str(model_id))
+        )
         calls = [call(primary)]
         # A fallback may be handed the partial answer of the call before it.
         calls += [call(m, extra_prompt=calls[-1].max_output) for m in fallback]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -86,26 +93,38 @@ BlendStrategy = Literal["consensus", "council", "best_of", "chain", "moa", "self
 
 
 class BlendRequest(Common):
-    models: list[str] = Field(min_length=1, max_length=6)
+    # strategy comes first so the checks of the fields after it can read it (and name the
+    # offending field in the 400's ``param``).
     strategy: BlendStrategy = "consensus"
+    models: list[str] = Field(min_length=1, max_length=6)
     synthesizer: str | None = Field(default=None, min_length=1, max_length=100)
     layers: int | None = Field(default=None, ge=1, le=3)
     samples: int | None = Field(default=None, ge=2, le=8)
 
-    _d = field_validator("models")(classmethod(lambda cls, v: _distinct(v)))
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        _distinct(v)
+        strategy = info.data.get("strategy")
+        if strategy == "self_moa" and len(v) != 1:
+            raise ValueError("self_moa takes exactly one model")
+        if strategy is not None and strategy != "self_moa" and len(v) < 2:
+            raise ValueError(f"strategy {strategy} takes 2 to 6 models")
+        return v
 
-    @model_validator(mode="after")
-    def _strategy_fields(self) -> BlendRequest:
-        if self.strategy == "self_moa":
-            if len(self.models) != 1:
-                raise ValueError("self_moa takes exactly one model")
-        elif len(self.models) < 2:
-            raise ValueError("blend takes 2 to 6 models")
-        if self.layers is not None and self.strategy != "moa":
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("strategy") != "moa":
             raise ValueError("layers is only allowed with strategy moa")
-        if self.samples is not None and self.strategy != "self_moa":
+        return v
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("strategy") != "self_moa":
             raise ValueError("samples is only allowed with strategy self_moa")
-        return self
+        return v
 
     def model_ids(self) -> list[str]:
         return list(self.models) + ([self.synthesizer] if self.synthesizer else [])
@@ -128,3 +147,85 @@ JOB_KINDS: dict[str, type[Common]] = {
     "blend": BlendRequest,
     "judge": JudgeRequest,
 }
+
+
+# --- The OpenAI-compatible body (POST /v1/chat/completions), translated to a ChatRequest.
+
+OpenAIRole = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class OpenAIMessage(Strict):
+    role: OpenAIRole
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = Field(default=None, max_length=200)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=200)
+    # Present when a client sends a previous reply back as it came; no model needs them.
+    refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class ChorusOptions(Strict):
+    """The ``chorus`` extension of the OpenAI body (the SDK's ``extra_body``)."""
+
+    fallback: list[str] = Field(default_factory=list, max_length=8)
+    keep_running: bool = False
+    session_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ChatCompletionRequest(Strict):
+    model: str = Field(min_length=1, max_length=100)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=2000)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    # Accepted so unmodified SDK code works; Chorus answers with one choice, no logprobs.
+    n: Literal[1] | None = None
+    logprobs: Literal[False] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    seed: int | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    chorus: ChorusOptions | None = None
+
+    _stop = field_validator("stop")(classmethod(lambda cls, v: Common._stop_list(v)))
+
+    def chat_body(self) -> dict[str, Any]:
+        """The equivalent Chorus chat body (validated again as a ``ChatRequest``)."""
+        keep = ("content", "name", "tool_calls", "tool_call_id")
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role,
+             **{k: getattr(m, k) for k in keep if getattr(m, k) is not None}}
+            for m in self.messages
+        ]
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "stream": self.stream}
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
+                            ("max_tokens", max_tokens), ("stop", self.stop),
+                            ("tools", self.tools), ("tool_choice", self.tool_choice),
+                            ("response_format", self.response_format)):
+            if value is not None:
+                body[name] = value
+        if self.chorus is not None:
+            if self.chorus.fallback:
+                body["routing"] = {"fallback": list(self.chorus.fallback)}
+            if self.chorus.session_id is not None:
+                body["session_id"] = self.chorus.session_id
+            body["keep_running"] = self.chorus.keep_running
+        return body

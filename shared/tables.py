@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: accounts, keys, the credits ledger, jobs and the request log."""
+"""SQLAlchemy tables: accounts, keys, the credits ledger, budgets, BYOK keys, jobs, request log."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -27,12 +28,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; every stored one is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
 
 class Account(Base):
     __tablename__ = "accounts"
+    # The database itself refuses an overdrawn wallet, whatever the code above it does.
+    __table_args__ = (
+        CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonneg"),
+        CheckConstraint("balance >= reserved", name="ck_accounts_covered"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -41,6 +52,8 @@ class Account(Base):
     balance: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
     zero_retention: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Default cap on what one ``session_id`` may spend (None: sessions are not capped).
+    session_budget: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -52,6 +65,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(100), default="")
+    # Cap on what this key may spend in total, set by the operator (None: no cap).
+    budget: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -60,7 +75,10 @@ class LedgerEntry(Base):
     """Append-only. ``amount`` moves the balance, ``hold`` moves the reservation."""
 
     __tablename__ = "ledger"
-    __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_ledger_job_kind"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind", name="uq_ledger_job_kind"),
+        Index("ix_ledger_account_entry", "account_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -88,6 +106,8 @@ class Job(Base):
     session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     resolved_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
     credits_reserved: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    # Providers whose calls ran on the account's own key when the hold was computed.
+    byok: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     credits_charged: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -98,7 +118,10 @@ class RequestLog(Base):
     """One row per provider call: the metadata kept even for zero-retention accounts."""
 
     __tablename__ = "request_log"
-    __table_args__ = (Index("ix_request_log_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_request_log_account_created", "account_id", "created_at"),
+        Index("ix_request_log_account_entry", "account_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -114,3 +137,52 @@ class RequestLog(Base):
     cost: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Budget(Base):
+    """What a key or a session has spent and holds, against its cap.
+
+    ``scope`` is ``key`` (subject: the key id; the cap is ``api_keys.budget``) or ``session``
+    (subject: the session id; the cap is ``limit_credits`` or the account's default).
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("account_id", "scope", "subject", name="uq_budgets_subject"),
+        CheckConstraint("reserved >= 0", name="ck_budgets_reserved_nonneg"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    scope: Mapped[str] = mapped_column(String(10))
+    subject: Mapped[str] = mapped_column(String(200))
+    limit_credits: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
+    spent: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BudgetHold(Base):
+    """A job's hold on one budget; ``charged`` is set once, when the job settles."""
+
+    __tablename__ = "budget_holds"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"), primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(CREDITS)
+    charged: Mapped[Decimal | None] = mapped_column(CREDITS, nullable=True)
+    refunded: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0))
+
+
+class ProviderKey(Base):
+    """An account's own provider key (BYOK), sealed with the server's secret; never clear."""
+
+    __tablename__ = "provider_keys"
+    __table_args__ = (UniqueConstraint("account_id", "provider", name="uq_provider_keys"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    provider: Mapped[str] = mapped_column(String(50))
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -69,27 +69,30 @@ class Stack:
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start_api(self, name: str = "web", workers: int = 1) -> str:
+    def start_api(self, name: str = "web", workers: int = 1,
+                  env: dict[str, str] | None = None) -> str:
+        """Start an API process; ``env`` overrides single variables of the stack's env."""
         port = free_port()
         log = self.logs / f"{name}.log"
         proc = start(
             ["gunicorn", "--worker-class", "gevent", "--workers", str(workers),
              "--worker-connections", "2000", "--bind", f"127.0.0.1:{port}",
              "--graceful-timeout", "2", "api.app:create_app()"],
-            self.env, log,
+            {**self.env, **(env or {})}, log,
         )
         self.procs[name] = proc
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", proc, log)
         return url
 
-    def start_worker(self, name: str = "worker", concurrency: int = 100) -> None:
+    def start_worker(self, name: str = "worker", concurrency: int = 100,
+                     env: dict[str, str] | None = None) -> None:
         log = self.logs / f"{name}.log"
         proc = start(
             ["celery", "--app", "workers.app", "worker", "--pool", "gevent", "--concurrency",
              str(concurrency), "--queues", "interactive,batch", "--without-gossip",
              "--without-mingle", "--loglevel", "info", "--hostname", f"{name}@%h"],
-            self.env, log,
+            {**self.env, **(env or {})}, log,
         )
         self.procs[name] = proc
         _wait_log(log, "ready", proc)

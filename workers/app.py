@@ -29,13 +29,21 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_transport_options={
             # kombu's default pool of 10 starves hundreds of greenlets acking at once.
             "max_connections": settings.worker_concurrency + 50,
-            "visibility_timeout": 3600,
+            "visibility_timeout": settings.broker_visibility_timeout_s,
         },
         result_backend_transport_options={"max_connections": settings.worker_concurrency + 50},
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
         worker_send_task_events=False,
+        # Probes expire with their interval so a stalled queue never piles them up.
+        beat_schedule={
+            "health-probe": {
+                "task": "chorus.health_probe",
+                "schedule": settings.health_interval_s,
+                "options": {"queue": "interactive", "expires": settings.health_interval_s},
+            },
+        },
     )
     return app
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from shared.registry import ModelSpec
 from workers.providers.base import ChatCall, Usage, estimate_tokens, messages_text
@@ -48,6 +48,15 @@ class JobContext:
         return self._cancelled
 
 
+class Continuation(Protocol):
+    """The answer a call continues (a failed call's partial text), and the filter that
+    drops whatever of it the new model repeats; ``end`` marks the stream's last delta."""
+
+    prefix: str
+
+    def feed(self, text: str, end: bool) -> str: ...
+
+
 @dataclass
 class CallResult:
     model: str
@@ -65,6 +74,8 @@ class CallResult:
     cost: Decimal = Decimal(0)
     error: ProviderError | None = None
     cancelled: bool = False
+    # Text this call continues; ``text`` holds only what this call added.
+    prefix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -86,13 +97,47 @@ class CallResult:
             "tokens_per_second": self.tokens_per_second,
             "cost": float(self.cost),
             "finish_reason": self.finish_reason,
-            "full_content": self.text,
+            "full_content": self.prefix + self.text,
         }
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         if self.usage_estimated:
             out["usage_estimated"] = True
         return out
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain JSON, for calls that cross task boundaries (pipeline state, chord results)."""
+        return {
+            "model": self.model, "provider": self.provider, "role": self.role,
+            "layer": self.layer, "text": self.text, "tool_calls": self.tool_calls,
+            "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_estimated": self.usage_estimated, "ttft_ms": self.ttft_ms,
+            "latency_ms": self.latency_ms, "cost": str(self.cost),
+            "error": None if self.error is None else self.error.describe(),
+            "cancelled": self.cancelled,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> CallResult:
+        error = None
+        if rec.get("error"):
+            raw = rec["error"]
+            error = ProviderError(str(raw.get("message", "")), status=raw.get("status"),
+                                  retry_after=raw.get("retry_after"))
+            error.code = str(raw.get("code", error.code))
+        return cls(
+            model=rec["model"], provider=rec.get("provider", ""), role=rec.get("role"),
+            layer=rec.get("layer"), text=rec.get("text", ""),
+            tool_calls=list(rec.get("tool_calls") or []),
+            finish_reason=rec.get("finish_reason"),
+            prompt_tokens=int(rec.get("prompt_tokens", 0)),
+            completion_tokens=int(rec.get("completion_tokens", 0)),
+            usage_estimated=bool(rec.get("usage_estimated", False)),
+            ttft_ms=rec.get("ttft_ms"), latency_ms=float(rec.get("latency_ms", 0.0)),
+            cost=Decimal(str(rec.get("cost", "0"))), error=error,
+            cancelled=bool(rec.get("cancelled", False)),
+        )
 
 
 class _ToolCalls:
@@ -126,24 +171,31 @@ def run_model_call(
     emit_final: bool = True,
     emit_error: bool = True,
     on_text: Callable[[str], None] | None = None,
+    extra_tags: Mapping[str, Any] | None = None,
+    continuation: Continuation | None = None,
 ) -> CallResult:
     """Stream one call, publishing a chunk event per delta and a final event with usage.
 
     Provider errors do not raise: they come back in ``CallResult.error`` (with what was
     produced before the failure) so pipelines and failover decide what happens next.
+    With ``continuation`` the deltas extend its prefix: ``content_length`` counts on from
+    it and ``full_content`` includes it.
     """
     rt = ctx.runtime
-    res = CallResult(model=model.id, provider=model.provider.name, role=role, layer=layer)
+    res = CallResult(model=model.id, provider=model.provider.name, role=role, layer=layer,
+                     prefix=continuation.prefix if continuation is not None else "")
     tags: dict[str, Any] = {}
     if role is not None:
         tags["role"] = role
     if layer is not None:
         tags["layer"] = layer
+    # Pipelines tell apart calls to the same model (self_moa's samples, a judge's re-ask).
+    tags.update(extra_tags or {})
     own_key = ctx.own_keys.get(model.provider.name)
     usage: Usage | None = None
     tools = _ToolCalls()
     parts: list[str] = []
-    length = 0
+    length = len(res.prefix)
     start = time.perf_counter()
     stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts)
     try:
@@ -153,17 +205,20 @@ def run_model_call(
                 usage = delta.usage
             if delta.finish_reason is not None:
                 res.finish_reason = delta.finish_reason
-            if not delta.text and not delta.tool_calls:
+            text = delta.text
+            if continuation is not None:
+                text = continuation.feed(text, delta.finish_reason is not None)
+            if not text and not delta.tool_calls:
                 continue
             if res.ttft_ms is None:
                 res.ttft_ms = round(now_ms, 3)
             event: dict[str, Any] = {"event": "chunk", "model": model.id, **tags}
-            event["delta"] = delta.text
-            if delta.text:
-                parts.append(delta.text)
-                length += len(delta.text)
+            event["delta"] = text
+            if text:
+                parts.append(text)
+                length += len(text)
                 if on_text is not None:
-                    on_text(delta.text)
+                    on_text(text)
             if delta.tool_calls:
                 event["tool_calls"] = [
                     {"index": t.index, "id": t.id, "name": t.name, "arguments": t.arguments}

@@ -10,19 +10,20 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
-from shared import events, ledger
+from shared import byok, events, ledger
 from shared.db import session_scope
 from shared.pricing import BASE_CREDITS
-from shared.tables import Account, Job, RequestLog
+from shared.tables import Job, RequestLog
 from workers.calls import CallResult, JobContext
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "failed", "cancelled")
-CONTENT_FIELDS = ("full_content", "content", "tool_calls", "answers", "results", "summary_text")
+CONTENT_FIELDS = ("full_content", "content", "tool_calls", "answers", "results", "summary_text",
+                  "scores")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class JobSpec:
     account_id: int
     body: dict[str, Any]
     zero_retention: bool
+    # Providers whose calls run on the account's own key (names only; keys load in run_job).
+    byok: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -43,7 +46,8 @@ class Outcome:
     resolved_model: str | None = None
 
 
-Handler = Callable[[JobContext, JobSpec], Outcome]
+# A handler returns None when it handed the job to a pipeline whose last task finishes it.
+Handler = Callable[[JobContext, JobSpec], Outcome | None]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -56,35 +60,55 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
 
 
 def claim(job_id: str, rt: Runtime) -> JobSpec | None:
-    """Move the job to running; None if it is already final (a redelivered task)."""
+    """Move the job to running; None if it is already final (a redelivered task).
+
+    One UPDATE ... RETURNING on the hot path. A job whose request is not in the database
+    belongs to a zero-retention account: its request waits in Redis instead.
+    """
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            log.warning("job %s does not exist", job_id)
-            return None
-        if job.status in FINAL:
-            _republish_final(job, rt)
-            return None
-        retried = job.status == "running"
-        session.execute(
+        row = session.execute(
             update(Job)
-            .where(Job.id == job_id)
+            .where(Job.id == job_id, Job.status.in_(("queued", "running")))
             .values(status="running", started_at=datetime.now(UTC))
-        )
-        zero_retention = session.execute(
-            select(Account.zero_retention).where(Account.id == job.account_id)
-        ).scalar_one()
-        body = job.request
-        spec_kind, account_id = job.kind, job.account_id
-    if body is None:
+            .returning(Job.kind, Job.account_id, Job.request, Job.byok)
+        ).first()
+        if row is None:
+            job = session.get(Job, job_id)
+            if job is None:
+                log.warning("job %s does not exist", job_id)
+            else:
+                _republish_final(job, rt)
+            return None
+    kind, account_id, body, own = row
+    zero_retention = body is None
+    if zero_retention:
         raw = rt.redis.get(events.request_key(job_id))
-        body = json.loads(raw) if raw else None
-    if body is None:
-        return JobSpec(job_id, spec_kind, account_id, {}, zero_retention)
-    if retried:
+        body = json.loads(raw) if raw else {}
+    if rt.redis.exists(events.events_key(job_id)):
         # A worker died mid-job: tell clients the answer restarts from scratch.
         rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})
-    return JobSpec(job_id, spec_kind, account_id, body, zero_retention)
+    return JobSpec(job_id, kind, account_id, body, zero_retention, own or [])
+
+
+def load_own_keys(account_id: int, providers: list[str], rt: Runtime) -> dict[str, str]:
+    """Provider -> the account's clear key, for the providers the job's hold left out.
+
+    Decrypted here, in the worker, and kept only in memory; ``ByokError`` if one is gone.
+    """
+    if not providers:
+        return {}
+    with session_scope() as session:
+        return byok.load(session, rt.settings.secret_key, account_id, providers)
+
+
+def job_context(spec: JobSpec, rt: Runtime) -> tuple[JobContext, Outcome | None]:
+    """The job's context with its own provider keys, or a failed outcome if they are gone."""
+    try:
+        own = load_own_keys(spec.account_id, spec.byok, rt)
+    except byok.ByokError as exc:
+        error = {"code": "byok_unavailable", "message": str(exc)}
+        return JobContext(spec.id, spec.account_id, rt), Outcome("failed", error=error)
+    return JobContext(spec.id, spec.account_id, rt, own_keys=own), None
 
 
 def _republish_final(job: Job, rt: Runtime) -> None:
@@ -124,25 +148,30 @@ def charge_for(kind: str, outcome: Outcome) -> Decimal:
 
 
 def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
-    """Settle, store and announce the job's end; settling twice is a no-op."""
+    """Settle, store and announce the job's end, once.
+
+    The status change is the guard: a second run of the same job (a redelivered task
+    racing the first) finds it final and writes, charges and publishes nothing.
+    """
     cost = charge_for(spec.kind, outcome)
     stored = outcome.result
     if spec.zero_retention:
         stored = {k: v for k, v in outcome.result.items() if k not in CONTENT_FIELDS}
     with session_scope() as session:
-        charged = ledger.settle(session, spec.id, cost)
-        session.execute(
+        ended = session.execute(
             update(Job)
-            .where(Job.id == spec.id)
+            .where(Job.id == spec.id, Job.status.not_in(FINAL))
             .values(
                 status=outcome.status,
                 result=stored,
                 error=outcome.error,
-                credits_charged=charged,
                 resolved_model=outcome.resolved_model,
                 finished_at=datetime.now(UTC),
             )
         )
+        if ended.rowcount == 0:  # type: ignore[attr-defined]
+            log.info("job %s already ended; not finishing it again", spec.id)
+            return
         for c in outcome.calls:
             session.add(
                 RequestLog(
@@ -160,6 +189,9 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
                     error=None if c.error is None else f"{c.error.code}: {c.error.message}"[:500],
                 )
             )
+        # Settle last: it locks the account row, which concurrent jobs of the account share.
+        charged = ledger.settle(session, spec.id, cost)
+        session.execute(update(Job).where(Job.id == spec.id).values(credits_charged=charged))
     rt.publisher.publish(
         spec.id,
         final_event_for(spec.id, outcome.status, outcome.result, outcome.error, charged,
@@ -175,8 +207,11 @@ def run_job(job_id: str, rt: Runtime | None = None) -> None:
     spec = claim(job_id, rt)
     if spec is None:
         return
-    ctx = JobContext(job_id=spec.id, account_id=spec.account_id, runtime=rt)
-    if not spec.body:
+    ctx, refused = job_context(spec, rt)
+    outcome: Outcome | None
+    if refused is not None:
+        outcome = refused
+    elif not spec.body:
         outcome = Outcome("failed", error={"code": "request_expired",
                                            "message": "the job's request is no longer stored"})
     elif ctx.cancelled(force=True):
@@ -188,4 +223,5 @@ def run_job(job_id: str, rt: Runtime | None = None) -> None:
             log.exception("job %s crashed", job_id)
             outcome = Outcome("failed", error={"code": "internal_error",
                                                "message": "the job failed inside Chorus"})
-    finish(spec, outcome, rt)
+    if outcome is not None:
+        finish(spec, outcome, rt)

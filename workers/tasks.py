@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from workers import chat  # noqa: F401  (registers the chat handler)
+# Imported to register their job handlers (and the pipelines' Celery tasks).
+from workers import blend, chat, compare, judge  # noqa: F401
 from workers.app import celery
+from workers.health import probe_all
 from workers.jobs import run_job
+from workers.runtime import get_runtime
 
 
 @celery.task(name="chorus.run_job", ignore_result=True)
 def run_job_task(job_id: str) -> None:
     run_job(job_id)
+
+
+@celery.task(name="chorus.health_probe", ignore_result=True)
+def health_probe_task() -> None:
+    probe_all(get_runtime())

@@ -34,6 +34,7 @@ def stack(mock_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         CHORUS_DATA_DIR=str(logs),
         CHORUS_IDLE_TIMEOUT="3",
         CHORUS_CONNECT_TIMEOUT="2",
+        CHORUS_RATE_LIMIT_SCALE="1000", CHORUS_SECRET_KEY="integration-test-secret-0123456789",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     s = Stack(url="", mock_url=mock_url, database_url=db_url, redis_url=redis_url, env=env,

@@ -7,10 +7,18 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import httpx
-from httpx_sse import EventSource
+from httpx_sse import EventSource, SSEError
 
 from shared.registry import ModelSpec
-from workers.providers.base import ChatCall, Completion, Delta, estimate_tokens
+from workers.providers.base import (
+    ChatCall,
+    Completion,
+    Delta,
+    StreamAssembler,
+    Usage,
+    estimate_tokens,
+    messages_text,
+)
 from workers.providers.errors import (
     ProviderError,
     StreamBroken,
@@ -46,13 +54,18 @@ def stream_chat(
 ) -> Generator[Delta, None, None]:
     """Yield deltas as the provider streams them; raise a ``ProviderError`` on any failure.
 
+    Deltas are normalised by ``StreamAssembler``: tool calls numbered 0, 1, … with ids, and
+    usage held back and sent once, as the very last delta (estimated, and flagged so, when
+    the provider reported none). Iterate to the end to get it.
+
     A stream that ends without a finish reason is ``StreamBroken``: a provider that hangs
-    up mid-answer must never look like a short, successful one.
+    up mid-answer must never look like a short, successful one. Every mid-stream error
+    carries the text streamed so far in ``partial_text``.
     """
     adapter = get_adapter(model.provider.adapter)
     key = model.provider.api_key() if api_key is None else api_key
     req = adapter.build_request(model, call, stream=True, api_key=key)
-    finished = False
+    assembler = StreamAssembler()
     try:
         with http.stream(
             req.method, req.url, json=req.json, headers=req.headers, timeout=_timeout(timeouts)
@@ -62,21 +75,32 @@ def stream_chat(
                 raise adapter.map_error(resp.status_code, body, resp.headers)
             for sse in EventSource(resp).iter_sse():
                 for delta in adapter.parse_stream_event(sse.event, sse.data):
-                    if delta.finish_reason is not None:
-                        finished = True
-                    yield delta
-    except ProviderError:
+                    out = assembler.feed(delta)
+                    if out is not None:
+                        yield out
+    except ProviderError as exc:
+        exc.partial_text = assembler.text
         raise
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"provider timed out ({type(exc).__name__})") from exc
+        raise _partial(
+            UpstreamTimeout(f"provider timed out ({type(exc).__name__})"), assembler
+        ) from exc
     except httpx.ConnectError as exc:
         raise UpstreamConnectError(f"cannot connect to provider: {exc}") from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.StreamError) as exc:
-        raise StreamBroken(f"provider stream broke: {exc}") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.StreamError, SSEError) as exc:
+        raise _partial(StreamBroken(f"provider stream broke: {exc}"), assembler) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamConnectError(f"provider transport failed: {exc}") from exc
-    if not finished:
-        raise StreamBroken("provider stream ended without a finish reason")
+        raise _partial(
+            UpstreamConnectError(f"provider transport failed: {exc}"), assembler
+        ) from exc
+    if assembler.finish_reason is None:
+        raise _partial(StreamBroken("provider stream ended without a finish reason"), assembler)
+    yield Delta(usage=assembler.final_usage(call.messages))
+
+
+def _partial(exc: ProviderError, assembler: StreamAssembler) -> ProviderError:
+    exc.partial_text = assembler.text
+    return exc
 
 
 def complete_chat(
@@ -97,6 +121,10 @@ def complete_chat(
         )
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(f"provider timed out ({type(exc).__name__})") from exc
+    except httpx.ConnectError as exc:
+        raise UpstreamConnectError(f"cannot connect to provider: {exc}") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise StreamBroken(f"provider dropped the connection: {exc}") from exc
     except httpx.HTTPError as exc:
         raise UpstreamConnectError(f"cannot reach provider: {exc}") from exc
     if resp.status_code >= 400:
@@ -105,10 +133,12 @@ def complete_chat(
         body = resp.json()
     except json.JSONDecodeError as exc:
         raise StreamBroken("provider sent a body that is not JSON", raw_body=resp.text) from exc
+    if not isinstance(body, dict):
+        raise StreamBroken("provider sent a body that is not a JSON object", raw_body=resp.text)
     completion = adapter.parse_response(body)
+    if completion.tool_calls and completion.finish_reason == "stop":
+        completion.finish_reason = "tool_calls"
     if completion.usage is None:
-        from workers.providers.base import Usage, messages_text
-
         completion.usage = Usage(
             estimate_tokens(messages_text(call.messages)),
             estimate_tokens(completion.text),

@@ -6,8 +6,10 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -20,6 +22,12 @@ from workers.providers.mock.server import SOCKET_KEY, create_app  # noqa: E402
 
 class _Handler(WSGIHandler):
     """Hands the raw socket to the app so faults can drop it and streams can see it close."""
+
+    def handle(self) -> None:
+        # Every token is a small write; Nagle plus delayed ACKs would hold each ~40 ms.
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()

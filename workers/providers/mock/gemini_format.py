@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from workers.providers.mock.plan import MockRequest, Plan, ToolSpec, flatten_text
@@ -38,6 +39,13 @@ def _declarations(body: dict[str, Any]) -> list[ToolSpec]:
     return out
 
 
+def _result_text(response: Any) -> str:
+    """A functionResponse is any JSON object; ``{"result": ...}`` is the common wrapper."""
+    if isinstance(response, dict) and isinstance(response.get("result"), str):
+        return str(response["result"])
+    return json.dumps(response)
+
+
 class GeminiFormat:
     name = "gemini"
 
@@ -49,7 +57,7 @@ class GeminiFormat:
             raise BadRequestBody("contents is not specified")
         parts = [p for c in contents if isinstance(c, dict) for p in c.get("parts") or []]
         results = [
-            flatten_text(_get(p, "functionResponse", "function_response").get("response"))
+            _result_text(_get(p, "functionResponse", "function_response").get("response"))
             for p in parts
             if isinstance(p, dict) and _get(p, "functionResponse", "function_response")
         ]

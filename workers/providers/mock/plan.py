@@ -116,6 +116,8 @@ def generate_words(rng: random.Random, count: int) -> list[str]:
         if sentence_left == 0:
             word = word.capitalize()
             sentence_left = rng.randint(6, 12)
+            if count - i - sentence_left < 3:
+                sentence_left = count - i  # no one- or two-word sentence at the end
         sentence_left -= 1
         if sentence_left == 0 or i == count - 1:
             word += "."

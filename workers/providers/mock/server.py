@@ -71,7 +71,7 @@ def create_app(state: MockState | None = None) -> Flask:
     @app.post("/_mock/config")
     def configure() -> Response:
         try:
-            return _json(mock.configure(request.get_json(silent=True)))
+            return _json(mock.configure(request.get_json(silent=True, force=True)))
         except ConfigError as exc:
             return _json({"error": {"message": str(exc)}}, 400)
 
@@ -83,7 +83,8 @@ def create_app(state: MockState | None = None) -> Flask:
     def recorded() -> Response:
         limit = request.args.get("limit", default=20, type=int) or 0
         model = request.args.get("model") or None
-        return _json({"requests": mock.recorded(model, limit)})
+        # A bare list, oldest first: ``[-1]`` is the latest call.
+        return _json(mock.recorded(model, limit))
 
     @app.get("/v1/models")
     def list_models() -> Response:
@@ -119,7 +120,7 @@ def _serve(
     mock: MockState, fmt: WireFormat, url_model: str | None, url_stream: bool | None
 ) -> Response:
     """One chat call in any format: parse, resolve faults, then answer or stream."""
-    body = request.get_json(silent=True)
+    body = request.get_json(silent=True, force=True)
     if not isinstance(body, dict):
         return _json(fmt.error_body(400, "request body must be a JSON object"), 400)
     try:
@@ -133,7 +134,8 @@ def _serve(
     fault = settings.fault
     if fault is not None and (fault.after_tokens is None or not req.stream):
         if fault.kind == "status":
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after else None
+            retry = fault.retry_after
+            headers = {"Retry-After": f"{retry:g}"} if retry is not None else None
             status = fault.status
             return _json(fmt.error_body(status, error_message(status)), status, headers)
         if fault.kind == "hang":

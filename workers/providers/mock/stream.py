@@ -127,6 +127,7 @@ def paced(
     profile = settings.profile
     sent = 0
     started = False
+    due = 0.0
     try:
         for unit in units:
             if fault is not None and trigger is not None:
@@ -143,14 +144,16 @@ def paced(
                         abort(sock)
                     return
             if unit.kind != "head":
-                delay = 0.0
+                # Pace against deadlines, not relative sleeps: under load each sleep
+                # overshoots a little, and a real provider does not drift that way.
                 if not started:
-                    delay = profile.ttft_ms
+                    due = time.monotonic() + profile.ttft_ms / 1000.0
+                    started = True
                 elif unit.kind == "token" and sent > 0:
-                    delay = profile.token_ms
-                started = True
+                    due += profile.token_ms / 1000.0
+                delay = due - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay / 1000.0)
+                    time.sleep(delay)
                 if client_gone(sock):
                     return
             yield unit.data

@@ -15,8 +15,18 @@ from workers.providers.base import (
     ToolCallDelta,
     Usage,
     normalize_finish,
+    tool_call,
 )
-from workers.providers.errors import ProviderError, StreamBroken, error_for_status
+from workers.providers.errors import (
+    AuthError,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    ServerError,
+    StreamBroken,
+    UpstreamStatusError,
+    error_for_status,
+)
 
 FINISH = {
     "stop": "stop",
@@ -27,6 +37,20 @@ FINISH = {
     "error": "error",
 }
 
+# The body's error ``code`` / ``type`` refine the status (a 429 may be a spent quota).
+ERROR_KINDS: dict[str, type[UpstreamStatusError]] = {
+    "insufficient_quota": QuotaExhausted,
+    "rate_limit_exceeded": RateLimited,
+    "requests": RateLimited,
+    "tokens": RateLimited,
+    "invalid_api_key": AuthError,
+    "authentication_error": AuthError,
+    "permission_error": AuthError,
+    "server_error": ServerError,
+    "service_unavailable": ServerError,
+    "overloaded_error": ServerError,
+}
+
 
 def _usage(raw: Mapping[str, Any] | None) -> Usage | None:
     if not raw:
@@ -34,9 +58,30 @@ def _usage(raw: Mapping[str, Any] | None) -> Usage | None:
     return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
 
 
+def _error_kind(error: Any) -> tuple[type[UpstreamStatusError] | None, str]:
+    if not isinstance(error, dict):
+        return None, ""
+    for key in ("code", "type"):
+        value = error.get(key)
+        if isinstance(value, str) and value in ERROR_KINDS:
+            return ERROR_KINDS[value], value
+    return None, str(error.get("type") or error.get("code") or "")
+
+
+def _tool_calls(raw: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, tc in enumerate(raw or []):
+        fn = tc.get("function") or {}
+        out.append(
+            tool_call(tc.get("id") or f"call_{i}", fn.get("name") or "", fn.get("arguments") or "")
+        )
+    return out
+
+
 class OpenAIAdapter:
     """Quirks (``provider.quirks``): ``stream_usage`` false for hosts that reject
-    ``stream_options``; ``max_tokens_field`` for hosts that want another name."""
+    ``stream_options``; ``max_tokens_field`` for hosts that want another name (OpenAI's
+    reasoning models want ``max_completion_tokens``)."""
 
     def build_request(
         self, model: ModelSpec, call: ChatCall, *, stream: bool, api_key: str
@@ -64,10 +109,12 @@ class OpenAIAdapter:
             message = choice.get("message") or {}
         except (KeyError, IndexError, TypeError) as exc:
             raise StreamBroken("response has no choices", raw_body=json.dumps(body)[:4000]) from exc
+        calls = _tool_calls(message.get("tool_calls"))
+        finish = normalize_finish(FINISH, choice.get("finish_reason")) or "stop"
         return Completion(
             text=message.get("content") or "",
-            tool_calls=list(message.get("tool_calls") or []),
-            finish_reason=normalize_finish(FINISH, choice.get("finish_reason")) or "stop",
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls and finish == "stop" else finish,
             usage=_usage(body.get("usage")),
         )
 
@@ -76,11 +123,11 @@ class OpenAIAdapter:
             return []
         try:
             chunk = json.loads(data)
-            if "error" in chunk and "choices" not in chunk:
-                raise StreamBroken(f"provider sent an error event: {data[:200]}", raw_body=data)
             choices = chunk.get("choices") or []
         except (ValueError, AttributeError) as exc:
             raise StreamBroken("malformed stream chunk", raw_body=data[:4000]) from exc
+        if chunk.get("error") and not choices:
+            raise self._stream_error(chunk["error"], data)
         out: list[Delta] = []
         for choice in choices[:1]:
             delta = choice.get("delta") or {}
@@ -105,5 +152,19 @@ class OpenAIAdapter:
             out.append(Delta(usage=usage))
         return out
 
+    def _stream_error(self, error: Any, data: str) -> ProviderError:
+        """An error sent as a stream chunk has no status; its type says how bad it is."""
+        cls, kind = _error_kind(error)
+        chosen = cls or ServerError
+        return chosen(f"provider sent an error event ({kind or 'unknown'})", raw_body=data[:4000])
+
     def map_error(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
-        return error_for_status(status, body, dict(headers))
+        try:
+            error = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        cls, kind = _error_kind(error)
+        # A type only refines within its status family; a 500 is never a caller's mistake.
+        if cls is not None and status >= 500 and not issubclass(cls, ServerError):
+            cls = None
+        return error_for_status(status, body, headers, cls=cls, detail=kind)

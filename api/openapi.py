@@ -1,0 +1,281 @@
+"""The OpenAPI 3.1 document at ``GET /openapi.json``, generated from the pydantic models
+that validate requests (``shared.schemas``) and describe responses (``shared.api_models``).
+
+Each endpoint is one ``Op`` row below; ``tests/unit/api/test_openapi.py`` fails when a
+route of the app has no row, so a new endpoint cannot ship undocumented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from shared import api_models as am
+from shared.registry import Registry, get_registry
+from shared.schemas import (
+    BlendRequest,
+    ChatCompletionRequest,
+    ChatRequest,
+    CompareRequest,
+    JudgeRequest,
+)
+
+bp = Blueprint("openapi", __name__)
+
+SSE_EXAMPLE = (
+    'id: 1\ndata: {"event":"chunk","model":"gpt-5-mini","delta":"Hello","done":false,'
+    '"latency_ms":81.2,"content_length":5}\n\n'
+    'id: 2\ndata: {"final":true,"event":"done","job_id":"…","status":"succeeded",'
+    '"credits_charged":1.00004}\n\ndata: [DONE]\n\n'
+)
+CHUNK_SSE_EXAMPLE = (
+    'data: {"id":"chatcmpl-…","object":"chat.completion.chunk","created":1767225600,'
+    '"model":"gpt-5-mini","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},'
+    '"finish_reason":null}]}\n\ndata: [DONE]\n\n'
+)
+ERROR_TEXT = {
+    400: "invalid body, unknown field or unknown model",
+    401: "missing or invalid API key",
+    402: "not enough credits for the request's worst case",
+    404: "not there, or not yours",
+    413: "body too large",
+    429: "rate limited; retry after `Retry-After` seconds",
+    502: "every upstream model failed",
+    503: "a dependency (Redis, the database, the queue) is unavailable",
+}
+RATE_HEADERS = {
+    "Retry-After": {"description": "seconds until a retry can succeed",
+                    "schema": {"type": "integer"}},
+}
+REQUEST_MODELS: list[type[BaseModel]] = [
+    ChatRequest, CompareRequest, BlendRequest, JudgeRequest, ChatCompletionRequest,
+]
+RESPONSE_MODELS: list[type[BaseModel]] = [
+    am.ErrorBody, am.InsufficientCredits, am.JobFinal, am.JobFailed, am.JobView,
+    am.CancelAccepted, am.ModelList, am.Health, am.Readiness, am.OpenAIError,
+    am.ChatCompletion, am.ChatCompletionChunk, am.OpenAIModel, am.OpenAIModelList,
+]
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    ok: type[BaseModel] | None = None
+    request: type[BaseModel] | None = None
+    errors: tuple[int, ...] = (401, 429, 503)
+    # 200 may be an SSE stream instead of (or as well as) JSON.
+    stream: str | None = None
+    json_ok: bool = True
+    openai: bool = False
+    public: bool = False
+    description: str = ""
+    params: tuple[dict[str, Any], ...] = ()
+    extra_responses: dict[str, Any] = field(default_factory=dict)
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "the job id (a UUID) from a submit response or stream"}
+SUBMIT_ERRORS = (400, 401, 402, 413, 429, 502, 503)
+SUBMIT_TEXT = (
+    "With `stream: true` the answer is an SSE stream (`text/event-stream`; the job id is "
+    "in the `X-Chorus-Job-Id` header); otherwise the job's final data as JSON. Closing a "
+    "stream early cancels the job's provider calls unless the body sets "
+    "`keep_running: true`."
+)
+OPS: list[Op] = [
+    Op("post", "/api/v1/chat", "One model (or `auto`), optional mesh failover", "jobs",
+       am.JobFinal, ChatRequest, SUBMIT_ERRORS, "sse", description=SUBMIT_TEXT),
+    Op("post", "/api/v1/compare", "The same messages to 2-9 models side by side", "jobs",
+       am.JobFinal, CompareRequest, SUBMIT_ERRORS, "sse", description=SUBMIT_TEXT),
+    Op("post", "/api/v1/blend", "2-6 models answer, a synthesiser merges", "jobs",
+       am.JobFinal, BlendRequest, SUBMIT_ERRORS, "sse", description=SUBMIT_TEXT),
+    Op("post", "/api/v1/judge", "2-4 contestants answer, a judge scores and ranks", "jobs",
+       am.JobFinal, JudgeRequest, SUBMIT_ERRORS, "sse", description=SUBMIT_TEXT),
+    Op("get", "/api/v1/jobs/{job_id}", "A job's status and result", "jobs", am.JobView,
+       errors=(401, 404, 429, 503), params=(JOB_ID,)),
+    Op("delete", "/api/v1/jobs/{job_id}", "Cancel a job; it is settled for what it used",
+       "jobs", am.CancelAccepted, errors=(401, 404, 429, 503), params=(JOB_ID,)),
+    Op("get", "/api/v1/jobs/{job_id}/events", "A job's events as SSE, resumable", "jobs",
+       errors=(400, 401, 404, 429, 503), stream="sse", json_ok=False,
+       description="Every event after `Last-Event-ID` (header or `last_event_id` query), "
+                   "exactly once and in order, ending with `data: [DONE]`.",
+       params=(JOB_ID,
+               {"name": "Last-Event-ID", "in": "header", "required": False,
+                "schema": {"type": "string"}, "description": "resume after this event id"},
+               {"name": "last_event_id", "in": "query", "required": False,
+                "schema": {"type": "string"},
+                "description": "the same, for clients that cannot set headers"})),
+    Op("get", "/api/v1/models", "The model registry: prices, context, capabilities",
+       "models", am.ModelList, errors=(401, 429, 503)),
+    Op("get", "/api/v1/ws", "WebSocket: the job requests and events over one socket", "jobs",
+       json_ok=False, errors=(400,),
+       description=(
+           "Upgrade to a WebSocket (a plain GET is 400). Authenticate with the "
+           "`Authorization` header or a first message `{\"type\":\"auth\",\"key\":…}`; the "
+           "server answers `{\"type\":\"ready\"}`. Send `{\"type\":\"chat|compare|blend|judge\","
+           "\"id\":<your id>, …body}`, `{\"type\":\"cancel\",\"id\":…}`, "
+           "`{\"type\":\"follow\",\"id\":…,\"job_id\":…,\"after\":n}` or `{\"type\":\"ping\"}`. "
+           "The server sends `accepted {id, job_id}`, `event {id, job_id, seq, data}` per job "
+           "event, `done {id, job_id}` after a job's last event, `cancelling`, `pong` and "
+           "`error {id, status, error}`."),
+       extra_responses={"101": {"description": "switching to the WebSocket protocol"}}),
+    Op("post", "/v1/chat/completions", "OpenAI-compatible chat completion", "openai",
+       am.ChatCompletion, ChatCompletionRequest, (400, 401, 402, 413, 429, 502, 503), "chunks",
+       openai=True,
+       description="The OpenAI chat-completions API (point an OpenAI SDK's `base_url` at "
+                   "`/v1`). `model` is a registry id or `auto`; the extra body field "
+                   "`chorus` takes `fallback` (mesh failover chain), `keep_running` and "
+                   "`session_id`. Streams are `chat.completion.chunk` lines ending with "
+                   "`data: [DONE]`."),
+    Op("get", "/v1/models", "OpenAI-compatible model list", "openai", am.OpenAIModelList,
+       errors=(401, 429, 503), openai=True),
+    Op("get", "/v1/models/{model_id}", "OpenAI-compatible model lookup", "openai",
+       am.OpenAIModel, errors=(401, 404, 429, 503), openai=True,
+       params=({"name": "model_id", "in": "path", "required": True,
+                "schema": {"type": "string"}},)),
+    Op("get", "/healthz", "Liveness", "operations", am.Health, errors=(), public=True),
+    Op("get", "/readyz", "Readiness: Redis and the database answer", "operations",
+       am.Readiness, errors=(), public=True,
+       extra_responses={"503": {"description": "a dependency is down", "content": {
+           "application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}}),
+    Op("get", "/metrics", "Prometheus metrics", "operations", errors=(), json_ok=False,
+       public=True, extra_responses={"200": {"description": "Prometheus text format",
+                                             "content": {"text/plain": {
+                                                 "schema": {"type": "string"}}}}}),
+    Op("get", "/openapi.json", "This document", "operations", errors=(), json_ok=False,
+       public=True, extra_responses={"200": {"description": "the OpenAPI 3.1 document",
+                                             "content": {"application/json": {
+                                                 "schema": {"type": "object"}}}}}),
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def request_examples(registry: Registry) -> dict[str, dict[str, Any]]:
+    """Bodies that work against this deployment's registry."""
+    ids = list(registry.models) or ["model-a", "model-b", "model-c"]
+    a, b = ids[0], ids[1 % len(ids)]
+    # A judge that can answer in JSON mode returns the most reliable verdicts.
+    judges = [m.id for m in registry.models.values() if m.supports("json_mode")]
+    judge = next((j for j in judges if j not in (a, b)), ids[-1])
+    msgs = [{"role": "user", "content": "Explain idempotency keys in two sentences."}]
+    return {
+        "ChatRequest": {"model": "auto", "messages": msgs, "max_tokens": 64},
+        "CompareRequest": {"models": [a, b], "messages": msgs, "max_tokens": 64},
+        "BlendRequest": {"models": [a, b], "strategy": "consensus", "messages": msgs,
+                         "max_tokens": 64},
+        "JudgeRequest": {"contestants": [a, b], "judge": judge, "messages": msgs,
+                         "max_tokens": 64},
+        "ChatCompletionRequest": {"model": a, "messages": msgs, "max_tokens": 64,
+                                  "chorus": {"fallback": [b]}},
+    }
+
+
+def _error_responses(op: Op) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in op.errors:
+        model: type[BaseModel] = am.ErrorBody
+        if op.openai:
+            model = am.OpenAIError
+        elif status == 402:
+            model = am.InsufficientCredits
+        elif status == 502:
+            model = am.JobFailed
+        resp: dict[str, Any] = {"description": ERROR_TEXT.get(status, "error"),
+                                "content": {"application/json": {"schema": _ref(model)}}}
+        if status == 429:
+            resp["headers"] = RATE_HEADERS
+        out[str(status)] = resp
+    return out
+
+
+def _operation(op: Op, examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if op.ok is not None and op.json_ok:
+        content["application/json"] = {"schema": _ref(op.ok)}
+    if op.stream is not None:
+        content["text/event-stream"] = {
+            "schema": {"type": "string"},
+            "example": CHUNK_SSE_EXAMPLE if op.stream == "chunks" else SSE_EXAMPLE,
+        }
+    responses: dict[str, Any] = {}
+    if content:
+        responses["200"] = {"description": "OK", "content": content}
+    responses.update(op.extra_responses)
+    responses.update(_error_responses(op))
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_')}"
+        .replace("{", "").replace("}", "").replace(".", "_"),
+        "tags": [op.tag],
+        "responses": responses,
+    }
+    if op.description:
+        out["description"] = op.description
+    if op.params:
+        out["parameters"] = list(op.params)
+    if op.public:
+        out["security"] = []
+    if op.request is not None:
+        body: dict[str, Any] = {"schema": _ref(op.request)}
+        example = examples.get(op.request.__name__)
+        if example is not None:
+            body["example"] = example
+        out["requestBody"] = {"required": True, "content": {"application/json": body}}
+    return out
+
+
+def component_schemas() -> dict[str, Any]:
+    pairs = [(m, "validation") for m in REQUEST_MODELS]
+    pairs += [(m, "serialization") for m in RESPONSE_MODELS]
+    _refs, schema = models_json_schema(pairs,  # type: ignore[arg-type]
+                                       ref_template="#/components/schemas/{model}")
+    defs: dict[str, Any] = schema.get("$defs", {})
+    return defs
+
+
+def build_document(registry: Registry, version: str = "1") -> dict[str, Any]:
+    examples = request_examples(registry)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, examples)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Chorus",
+            "version": version,
+            "description": "A self-hosted multi-model LLM gateway: chat, compare, blend, "
+                           "judge and mesh failover behind one key. Errors are "
+                           "`{\"error\": {code, message, param?}}` (OpenAI's shape under "
+                           "`/v1`).",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearer": []}],
+        "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in OPS)],
+        "paths": paths,
+        "components": {
+            "schemas": component_schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a `ch_sk_…` key"}},
+        },
+    }
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return build_document(get_registry())
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(_document())

@@ -1,0 +1,278 @@
+"""``WS /api/v1/ws``: the job requests and event streams of the REST API over one socket.
+
+A client sends JSON messages (``auth``, ``chat|compare|blend|judge`` with its own ``id``,
+``cancel``, ``follow``, ``ping``); the server answers ``ready``, ``accepted``, ``event``
+(one per job event, tagged with the client id and job id), ``done`` (a job's ``[DONE]``),
+``cancelling``, ``pong`` and ``error``. Each job is relayed by its own greenlet, so many
+jobs share one socket; closing the socket cancels the jobs it started unless they asked
+for ``keep_running``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import redis
+from flask import Blueprint, Flask, Response, current_app, request
+from flask_sock import Sock
+from gevent.lock import Semaphore
+from pydantic import BaseModel, ValidationError
+from simple_websocket import ConnectionClosed
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.routing import WebsocketMismatch
+
+from api.auth import authenticate
+from api.errors import ApiError, bad_request, not_found, unavailable
+from api.jobs import load_job, request_cancel, start_job
+from api.relay import Relay, follow
+from api.streaming import on_disconnect
+from api.submit import enqueue
+from shared import events, keys
+from shared.db import session_scope
+from shared.schemas import JOB_KINDS
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+AUTH_TIMEOUT_S = 30.0
+MAX_JOBS_PER_SOCKET = 100
+MAX_CLIENT_ID = 100
+
+
+def error_message(client_id: str | None, err: ApiError) -> dict[str, Any]:
+    """The REST error body, tagged like every other message on the socket."""
+    error: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.param is not None:
+        error["param"] = err.param
+    return {"type": "error", "id": client_id, "status": err.status, "error": error, **err.extra}
+
+
+def validate(model: type[BaseModel], payload: dict[str, Any]) -> BaseModel:
+    """The REST endpoints' strict validation, applied to a message instead of a body."""
+    try:
+        return model.model_validate_json(json.dumps(payload), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise bad_request(f"{param or 'body'}: {first['msg']}", param) from exc
+
+
+def owner_for_key(token: str) -> keys.KeyOwner:
+    try:
+        with session_scope() as session:
+            owner = keys.lookup(session, token.strip())
+    except SQLAlchemyError as exc:
+        raise unavailable("database") from exc
+    if owner is None:
+        raise ApiError(401, "unauthorized", "invalid API key")
+    return owner
+
+
+@dataclass
+class Relayed:
+    """One job this socket relays."""
+
+    job_id: str
+    cancel_on_close: bool
+    greenlet: gevent.Greenlet | None = None
+    finished: bool = False
+
+
+@dataclass
+class Session:
+    ws: Any
+    relay: Relay
+    redis: redis.Redis
+    owner: keys.KeyOwner | None = None
+    jobs: dict[str, Relayed] = field(default_factory=dict)
+    # wsproto's compressor state and the socket must see one whole message at a time.
+    _send_lock: Semaphore = field(default_factory=Semaphore)
+
+    def send(self, message: dict[str, Any] | str) -> None:
+        text = message if isinstance(message, str) else events.encode(message)
+        with self._send_lock:
+            self.ws.send(text)
+
+    def run(self) -> None:
+        if request.headers.get("Authorization"):
+            self.owner = authenticate()
+        else:
+            self.owner = self._wait_auth()
+        self.send({"type": "ready"})
+        while True:
+            raw = self.ws.receive()
+            client_id: str | None = None
+            try:
+                msg = _parse(raw)
+                client_id = msg.get("id") if isinstance(msg.get("id"), str) else None
+                self.handle(msg)
+            except ApiError as err:
+                self.send(error_message(client_id, err))
+            except ConnectionClosed:
+                raise
+            except Exception:
+                # One bad message must not take the other jobs on the socket down with it.
+                log.exception("websocket message failed")
+                self.send(error_message(client_id, ApiError(500, "internal_error",
+                                                            "internal server error")))
+
+    def _wait_auth(self) -> keys.KeyOwner:
+        raw = self.ws.receive(timeout=AUTH_TIMEOUT_S)
+        if raw is None:
+            raise ApiError(401, "unauthorized", "no auth message within 30 s")
+        msg = _parse(raw)
+        token = msg.get("key")
+        if msg.get("type") != "auth" or not isinstance(token, str):
+            raise ApiError(401, "unauthorized",
+                           'send {"type": "auth", "key": "<key>"} first, or an Authorization '
+                           "header with the upgrade request")
+        return owner_for_key(token)
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "ping":
+            self.send({"type": "pong", "id": msg.get("id")})
+        elif kind in JOB_KINDS:
+            self.submit(str(kind), msg)
+        elif kind == "cancel":
+            self.cancel(_client_id(msg))
+        elif kind == "follow":
+            self.follow_existing(msg)
+        else:
+            raise bad_request("type must be one of chat, compare, blend, judge, cancel, "
+                              "follow, ping", "type")
+
+    def _claim_id(self, msg: dict[str, Any]) -> str:
+        client_id = _client_id(msg)
+        current = self.jobs.get(client_id)
+        if current is not None and not current.finished:
+            raise bad_request(f"id {client_id!r} names a job still running on this socket",
+                              "id")
+        if sum(not j.finished for j in self.jobs.values()) >= MAX_JOBS_PER_SOCKET:
+            raise ApiError(429, "too_many_jobs",
+                           f"at most {MAX_JOBS_PER_SOCKET} running jobs per socket")
+        return client_id
+
+    def submit(self, kind: str, msg: dict[str, Any]) -> None:
+        assert self.owner is not None
+        client_id = self._claim_id(msg)
+        body = {k: v for k, v in msg.items() if k not in ("type", "id")}
+        req = validate(JOB_KINDS[kind], body)
+        job_id = start_job(self.owner, kind, req)  # type: ignore[arg-type]
+        keep = bool(getattr(req, "keep_running", False))
+        self.send({"type": "accepted", "id": client_id, "job_id": job_id})
+        job = self._relay(client_id, job_id, 0, cancel_on_close=not keep)
+        try:
+            enqueue(job_id)
+        except ApiError:
+            if job.greenlet is not None:
+                job.greenlet.kill(block=False)
+            job.finished = True
+            raise
+
+    def follow_existing(self, msg: dict[str, Any]) -> None:
+        """Re-attach to a job (after a reconnect); a reader never cancels on close."""
+        assert self.owner is not None
+        client_id = self._claim_id(msg)
+        job_id, after = msg.get("job_id"), msg.get("after", 0)
+        if not isinstance(job_id, str):
+            raise bad_request("job_id must be a string", "job_id")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise bad_request("after must be an event id (a whole number)", "after")
+        load_job(job_id, self.owner.account_id)
+        self.send({"type": "accepted", "id": client_id, "job_id": job_id})
+        self._relay(client_id, job_id, after, cancel_on_close=False)
+
+    def _relay(self, client_id: str, job_id: str, after: int, *,
+               cancel_on_close: bool) -> Relayed:
+        job = Relayed(job_id, cancel_on_close)
+        self.jobs[client_id] = job
+        job.greenlet = gevent.spawn(self._pump, client_id, job, after)
+        return job
+
+    def _pump(self, client_id: str, job: Relayed, after: int) -> None:
+        # The event JSON goes out as published, spliced in without a parse.
+        prefix = (f'{{"type":"event","id":{json.dumps(client_id)},'
+                  f'"job_id":{json.dumps(job.job_id)},"seq":')
+        try:
+            try:
+                for item in follow(self.relay, self.redis, job.job_id, after):
+                    if item is not None:
+                        seq, data = item
+                        # Delivered is finished: a client closing right after the final
+                        # event must not cancel a job that already ended.
+                        job.finished = job.finished or events.is_final(data)
+                        self.send(f'{prefix}{seq},"data":{data}}}')
+            except redis.RedisError:
+                job.finished = True
+                self.send(error_message(client_id, unavailable("redis")))
+            job.finished = True
+            self.send({"type": "done", "id": client_id, "job_id": job.job_id})
+        except ConnectionClosed:
+            return
+
+    def cancel(self, client_id: str) -> None:
+        job = self.jobs.get(client_id)
+        if job is None:
+            raise not_found(f"job with id {client_id!r} on this socket")
+        if not job.finished:
+            request_cancel(job.job_id)
+        self.send({"type": "cancelling", "id": client_id, "job_id": job.job_id})
+
+    def close(self) -> None:
+        """The client left: stop the relays and cancel what nobody will read."""
+        for job in self.jobs.values():
+            if job.greenlet is not None:
+                job.greenlet.kill(block=False)
+            if not job.finished and job.cancel_on_close:
+                on_disconnect(job.job_id)
+
+
+def _parse(raw: str | bytes | None) -> dict[str, Any]:
+    try:
+        msg = json.loads(raw or "")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"message is not valid JSON: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise bad_request("message must be a JSON object")
+    return msg
+
+
+def _client_id(msg: dict[str, Any]) -> str:
+    client_id = msg.get("id")
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID:
+        raise bad_request(f"id must be a string of 1 to {MAX_CLIENT_ID} characters", "id")
+    return client_id
+
+
+def init_app(app: Flask) -> None:
+    # Pings keep idle sockets open through proxies and reveal peers that vanished.
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25,
+                                         "max_message_size": app.config["MAX_CONTENT_LENGTH"]}
+    app.register_blueprint(bp)
+    sock.init_app(app)
+    app.register_error_handler(WebsocketMismatch, _not_upgraded)
+
+
+def _not_upgraded(_exc: WebsocketMismatch) -> Response:
+    return bad_request("this endpoint needs a WebSocket upgrade (Upgrade: websocket)").response()
+
+
+@sock.route("/api/v1/ws", bp=bp)
+def websocket(ws: Any) -> None:
+    session = Session(ws, current_app.extensions["chorus.relay"],
+                      current_app.extensions["chorus.redis"])
+    try:
+        session.run()
+    except ApiError as err:
+        # Only authentication fails the whole socket; it closes with a policy violation.
+        session.send(error_message(None, err))
+        ws.close(reason=1008, message=err.message[:120])
+    finally:
+        session.close()

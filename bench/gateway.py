@@ -1,0 +1,144 @@
+"""What the gateway adds to a streamed chat: TTFT, throughput, CPU and memory.
+
+Starts a real stack (PostgreSQL, Redis, mock provider, gunicorn+gevent API, Celery gevent
+worker), then for each concurrency streams the same chat straight from the mock and
+through Chorus, side by side in one run.
+
+    .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import loadgen, procstat
+from shared.migrate import upgrade
+from tests.procs import free_port, start, stop, wait_http
+from tests.stack import (
+    Stack,
+    claim_redis_db,
+    create_pg_database,
+    drop_pg_database,
+    release_redis_db,
+)
+
+MODEL, UPSTREAM = "gpt-5-mini", "gpt-5-mini"
+PROFILE = {"model": UPSTREAM, "ttft_ms": 50, "token_ms": 5, "tokens": 50}
+LEVELS = [(1, 40), (50, 1000), (200, 1200)]
+
+
+def boot(tmp: Path, web_workers: int, worker_concurrency: int) -> tuple[Stack, str]:
+    mock_port = free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    db_url = create_pg_database()
+    redis_url, token = claim_redis_db()
+    upgrade(db_url)
+    env = dict(
+        os.environ, CHORUS_DATABASE_URL=db_url, CHORUS_REDIS_URL=redis_url,
+        CHORUS_MOCK_URL=mock_url, CHORUS_DATA_DIR=str(tmp),
+        CHORUS_WORKER_CONCURRENCY=str(worker_concurrency),
+        # The benchmark measures the relay, not the rate limiter: lift the limits.
+        CHORUS_RATE_LIMIT_SCALE="1000",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    s = Stack(url="", mock_url=mock_url, database_url=db_url, redis_url=redis_url, env=env,
+              logs=tmp)
+    s.procs["mock"] = start(["workers.providers.mock", "--port", str(mock_port)], env,
+                            tmp / "mock.log")
+    wait_http(f"{mock_url}/_mock/health", s.procs["mock"], tmp / "mock.log")
+    s.start_worker(concurrency=worker_concurrency)
+    s.url = s.start_api(workers=web_workers)
+    return s, token
+
+
+def chorus_pids(s: Stack) -> list[int]:
+    pids: list[int] = []
+    for name, proc in s.procs.items():
+        if name != "mock":
+            pids += procstat.tree_pids(proc.pid)
+    return pids
+
+
+async def measure(s: Stack, key: str, scale: float) -> list[dict[str, object]]:
+    direct_url = f"{s.mock_url}/v1/chat/completions"
+    direct_body = json.dumps({"model": UPSTREAM, "stream": True,
+                              "stream_options": {"include_usage": True},
+                              "messages": [{"role": "user", "content": "Benchmark me."}]}
+                             ).encode()
+    gw_url = f"{s.url}/api/v1/chat"
+    gw_body = loadgen.chat_body(MODEL)
+    auth = {"Authorization": f"Bearer {key}"}
+    rows: list[dict[str, object]] = []
+    # Warm both paths: connection pools, imports, prepared statements.
+    await loadgen.run("warm", lambda: (gw_url, gw_body, auth), 20, 60, 50)
+    await loadgen.run("warm", lambda: (direct_url, direct_body, {}), 20, 60, 50)
+    for conc, n in LEVELS:
+        n = max(conc, int(n * scale))
+        direct = await loadgen.run("direct", lambda: (direct_url, direct_body, {}), conc, n, 50)
+        pids = chorus_pids(s)
+        cpu0 = procstat.cpu_seconds(pids)
+        gw = await loadgen.run("chorus", lambda: (gw_url, gw_body, auth), conc, n, 50)
+        cpu = procstat.cpu_seconds(chorus_pids(s)) - cpu0
+        d, g = direct.stats(), gw.stats()
+        good = max(1, int(g["requests"]) - int(g["errors"]))
+        rows.append({
+            "concurrency": conc, "requests": n,
+            "direct_ttft_p50": d["ttft_p50_ms"], "chorus_ttft_p50": g["ttft_p50_ms"],
+            "added_ttft_p50": round(float(g["ttft_p50_ms"]) - float(d["ttft_p50_ms"]), 2),
+            "direct_ttft_p99": d["ttft_p99_ms"], "chorus_ttft_p99": g["ttft_p99_ms"],
+            "added_ttft_p99": round(float(g["ttft_p99_ms"]) - float(d["ttft_p99_ms"]), 2),
+            "direct_rps": d["rps"], "chorus_rps": g["rps"],
+            "direct_errors": d["errors"], "chorus_errors": g["errors"],
+            "cpu_ms_per_request": round(cpu * 1000 / good, 2),
+            "errors_sample": [r.error for r in gw.results if not r.ok][:3],
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append({"peak_rss_mb": procstat.peak_rss_mb(chorus_pids(s))})
+    return rows
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    cols = ["concurrency", "requests", "direct_ttft_p50", "chorus_ttft_p50", "added_ttft_p50",
+            "direct_ttft_p99", "chorus_ttft_p99", "added_ttft_p99", "direct_rps", "chorus_rps",
+            "chorus_errors", "cpu_ms_per_request"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "concurrency" in r:
+            out.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests-scale", type=float, default=1.0)
+    ap.add_argument("--web-workers", type=int, default=2)
+    ap.add_argument("--worker-concurrency", type=int, default=300)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
+    s, token = boot(tmp, args.web_workers, args.worker_concurrency)
+    try:
+        key = s.create_key(credits=10_000_000, tier="paid")
+        httpx.post(f"{s.mock_url}/_mock/config", json=PROFILE).raise_for_status()
+        time.sleep(0.5)
+        rows = asyncio.run(measure(s, key, args.requests_scale))
+        print()
+        print(table(rows))
+        print(f"\npeak RSS of all Chorus processes: {rows[-1]['peak_rss_mb']} MB")
+    finally:
+        stop(s.procs.pop("mock"))
+        s.shutdown()
+        release_redis_db(s.redis_url, token)
+        drop_pg_database(s.database_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The coalescing publisher keeps per-job order and loses nothing while batching."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from shared import events
+from workers.publisher import CoalescingPublisher
+
+
+def test_interleaved_jobs_keep_their_order(redis_client: redis.Redis, job_id: str) -> None:
+    other = job_id + "-b"
+    pub = CoalescingPublisher(redis_client, ttl_s=60, ttl_after_final_s=5)
+    for i in range(200):
+        pub.publish(job_id, {"event": "chunk", "i": i})
+        pub.publish(other, {"event": "chunk", "i": i})
+    pub.publish(job_id, events.final_event("done", status="succeeded"))
+    pub.flush()
+    try:
+        mine = [json.loads(r) for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
+        theirs = [json.loads(r) for r in redis_client.lrange(events.events_key(other), 0, -1)]
+        assert [e["i"] for e in mine[:-1]] == list(range(200))
+        assert mine[-1]["final"] is True
+        assert [e["i"] for e in theirs] == list(range(200))
+        # The job that ended gets the short after-final expiry.
+        assert redis_client.pttl(events.events_key(job_id)) <= 5000
+        assert redis_client.pttl(events.events_key(other)) > 5000
+    finally:
+        redis_client.delete(events.events_key(other))

@@ -1,0 +1,365 @@
+"""Compare, blend and judge as Celery canvases: parallel model calls joined by chords.
+
+A pipeline runs in stages. A stage is a list of model calls run as a chord (in parallel)
+or a chain (in order); its body task asks the job's kind what comes next: another stage,
+or the outcome that ends the job through ``workers.jobs.finish``, exactly once.
+
+Tasks carry the job id and small JSON steps. The request and every finished call (its
+text included) live in one Redis hash per job that is deleted when the job ends, so chord
+results stay small and a zero-retention answer never reaches the result backend.
+Header tasks never raise: on the Redis backend a failed header fails the chord and its
+body never runs, so a failed call comes back as a record with an error instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery, chain, chord, current_task
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.registry import ModelSpec
+from shared.tables import Job
+from workers.app import celery
+from workers.calls import CallResult, JobContext, run_model_call
+from workers.chat import chat_call
+from workers.jobs import FINAL, JobSpec, Outcome, finish, job_context
+from workers.providers.base import ChatCall
+from workers.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+STATE_TTL_S = 3600
+DEFAULT_QUEUE = "interactive"
+Record = dict[str, Any]
+
+
+def state_key(job_id: str) -> str:
+    return f"chorus:job:{job_id}:pipe"
+
+
+def canvas_key(job_id: str) -> str:
+    """Ids of the job's chord header tasks: revoked on cancel, their results forgotten."""
+    return f"chorus:job:{job_id}:canvas"
+
+
+@dataclass
+class Step:
+    """One model call of a stage, as its task receives it (plain JSON)."""
+
+    key: str  # unique in the job: where the call's record is stored
+    model: str
+    role: str
+    prompt: str  # the registered builder that makes its request
+    layer: int | None = None
+    inputs: list[str] = field(default_factory=list)  # earlier calls whose answers it quotes
+    # A chain step's running answer: the last of these calls that answered.
+    running: list[str] = field(default_factory=list)
+    temperature: float | None = None
+    tags: dict[str, Any] = field(default_factory=dict)  # extra event fields (sample, step…)
+    params: dict[str, Any] = field(default_factory=dict)  # for the builder only
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Step:
+        return cls(**raw)
+
+
+@dataclass
+class Stage:
+    name: str  # handed back to the kind's ``advance`` when the stage is done
+    steps: list[Step]
+    sequential: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)  # published before it starts
+
+
+@dataclass
+class PipeState:
+    spec: JobSpec
+    queue: str
+    records: dict[str, Record]
+    ctx: JobContext
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.spec.body
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.ctx.publish(event)
+
+    def answered(self, keys: Iterable[str]) -> list[Record]:
+        return [r for k in keys if (r := self.records.get(k)) is not None and is_ok(r)]
+
+    def calls(self) -> list[CallResult]:
+        return [CallResult.from_record(r) for r in self.records.values()]
+
+
+Builder = Callable[[dict[str, Any], Step, dict[str, Record], ModelSpec], ChatCall]
+Advance = Callable[[PipeState, str], "Stage | Outcome"]
+Partial = Callable[[PipeState], dict[str, Any]]
+
+BUILDERS: dict[str, Builder] = {}
+KINDS: dict[str, tuple[Advance, Partial]] = {}
+
+
+def builder(name: str) -> Callable[[Builder], Builder]:
+    def register(fn: Builder) -> Builder:
+        BUILDERS[name] = fn
+        return fn
+
+    return register
+
+
+def register_kind(kind: str, advance_fn: Advance, partial: Partial) -> None:
+    """``advance_fn`` decides what follows a stage; ``partial`` is a cancelled job's result."""
+    KINDS[kind] = (advance_fn, partial)
+
+
+def is_ok(rec: Record) -> bool:
+    return not rec.get("error") and not rec.get("cancelled")
+
+
+def request_call(body: dict[str, Any], *, tools: bool = True) -> ChatCall:
+    """The client's request as one call; pipelines whose output is text drop its tools."""
+    call = chat_call(body)
+    return call if tools else dataclasses.replace(call, tools=None, tool_choice=None)
+
+
+def call_summary(rec: Record) -> dict[str, Any]:
+    """A call's final fields for a job result, tagged with where it ran in the pipeline."""
+    res = CallResult.from_record(rec)
+    out = res.summary()
+    for tag in ("role", "layer", "sample", "step", "attempt"):
+        if rec.get(tag) is not None:
+            out[tag] = rec[tag]
+    if res.error is not None:
+        out["error"] = res.error.describe()
+    if res.cancelled:
+        out["cancelled"] = True
+    return out
+
+
+def missing_summary(step_model: str, **tags: Any) -> dict[str, Any]:
+    """The summary of a call that never ran (its task was revoked or the job cancelled)."""
+    return {"model": step_model, **tags,
+            "error": {"code": "not_run", "message": "the call did not run"}}
+
+
+# --- starting and advancing -------------------------------------------------------------
+
+
+def start(ctx: JobContext, spec: JobSpec, first: Stage) -> None:
+    """Hand the job to its pipeline; ``run_job`` gets None and leaves finishing to it."""
+    queue = _current_queue()
+    doc = {"kind": spec.kind, "account_id": spec.account_id, "byok": spec.byok,
+           "zero_retention": spec.zero_retention, "body": spec.body, "queue": queue}
+    launch(ctx, first, queue, spec_doc=json.dumps(doc))
+
+
+def _current_queue() -> str:
+    # Stay on the queue the job came in on, so batch pipelines never crowd interactive ones.
+    info = getattr(current_task.request, "delivery_info", None) if current_task else None
+    return str((info or {}).get("routing_key") or DEFAULT_QUEUE)
+
+
+def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = None) -> None:
+    rt, job_id = ctx.runtime, ctx.job_id
+    ids = [str(uuid.uuid4()) for _ in stage.steps]
+    body = next_task.s(job_id, stage.name).set(queue=queue)
+    with rt.redis.pipeline(transaction=False) as pipe:
+        if spec_doc is not None:
+            pipe.delete(state_key(job_id))  # a redelivered job starts over
+            pipe.hset(state_key(job_id), "spec", spec_doc)
+        pipe.expire(state_key(job_id), STATE_TTL_S)
+        if not stage.sequential:
+            # Before sending, so a cancel racing the launch still finds them.
+            pipe.sadd(canvas_key(job_id), *ids)
+            pipe.expire(canvas_key(job_id), STATE_TTL_S)
+        pipe.execute()
+    for event in stage.events:
+        ctx.publish(event)
+    if stage.events:
+        # A header task on another worker must not publish before these are in Redis.
+        rt.publisher.flush()
+    if stage.sequential:
+        # A chain hands results on in its messages: nothing to keep in the backend.
+        steps = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue,
+                                                              ignore_result=True)
+                 for s, i in zip(stage.steps, ids, strict=True)]
+        chain(*steps, body).apply_async()
+    else:
+        headers = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue)
+                   for s, i in zip(stage.steps, ids, strict=True)]
+        # A revoked header breaks the chord; the errback goes on with what arrived.
+        chord(headers, body.on_error(broken_task.si(job_id, stage.name))).apply_async()
+
+
+class StepError(Exception):
+    """A step that cannot make its call; ``error`` is its record's error."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Record:
+    """One chord header: stream the step's model call and store its record. Never raises."""
+    rt = rt or get_runtime()
+    step = Step.from_json(raw)
+    tags = {"role": step.role, "layer": step.layer, **step.tags}
+    try:
+        quoted_keys = [*step.inputs, *step.running]
+        values = rt.redis.hmget(state_key(job_id), ["spec", *(f"call:{k}" for k in quoted_keys)])
+        if values[0] is None:
+            raise LookupError("pipeline state expired")
+        spec = spec_from_doc(job_id, json.loads(values[0]))
+        quoted = {k: json.loads(v) for k, v in zip(quoted_keys, values[1:], strict=True) if v}
+        ctx, refused = job_context(spec, rt)
+        if refused is not None and refused.error is not None:
+            raise StepError(refused.error)
+        model = rt.registry.get(step.model)
+        if ctx.cancelled(force=True):
+            res = CallResult(model.id, model.provider.name, step.role, step.layer, cancelled=True)
+        else:
+            call = BUILDERS[step.prompt](spec.body, step, quoted, model)
+            if step.temperature is not None:
+                call = dataclasses.replace(call, temperature=step.temperature)
+            res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
+                                 extra_tags=step.tags)
+        record: Record = {**res.to_record(), **tags, "key": step.key}
+    except Exception as exc:  # a broken step is an answer that did not arrive, not a crash
+        if isinstance(exc, StepError):
+            error = exc.error
+        else:
+            log.exception("pipeline step %s of job %s failed", step.key, job_id)
+            error = {"code": "internal_error",
+                     "message": f"the call could not run: {type(exc).__name__}"}
+        record = {"model": step.model, "provider": "", **tags, "key": step.key, "error": error}
+        _safe(lambda: rt.publisher.publish(job_id, {"event": "error", "model": step.model,
+                                                    **_present(tags), "error": error}))
+    _safe(lambda: rt.redis.hset(state_key(job_id), f"call:{step.key}", json.dumps(record)))
+    # This call's events must be in Redis before the chord body publishes anything.
+    _safe(rt.publisher.flush)
+    return {k: v for k, v in record.items() if k not in ("text", "tool_calls")}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _present(tags: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in tags.items() if v is not None}
+
+
+def _safe(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except redis.RedisError:
+        log.exception("redis failed in a pipeline step")
+
+
+def advance(job_id: str, stage: str, rt: Runtime | None = None) -> None:
+    """A stage ended: launch the next one, or finish the job."""
+    rt = rt or get_runtime()
+    state = load_state(rt, job_id)
+    if state is None:
+        _finish_lost(rt, job_id)
+        return
+    advance_fn, partial = KINDS[state.spec.kind]
+    try:
+        if state.ctx.cancelled(force=True):
+            nxt: Stage | Outcome = Outcome("cancelled", result=partial(state))
+        else:
+            nxt = advance_fn(state, stage)
+        if isinstance(nxt, Stage):
+            launch(state.ctx, nxt, state.queue)
+            return
+    except Exception:
+        log.exception("pipeline of job %s failed after stage %s", job_id, stage)
+        nxt = Outcome("failed", error={"code": "internal_error",
+                                       "message": "the job failed inside Chorus"})
+    conclude(state, nxt, rt)
+
+
+def spec_from_doc(job_id: str, doc: dict[str, Any]) -> JobSpec:
+    return JobSpec(job_id, doc["kind"], doc["account_id"], doc["body"], doc["zero_retention"],
+                   doc.get("byok") or [])
+
+
+def load_state(rt: Runtime, job_id: str) -> PipeState | None:
+    raw = {_text(k): v for k, v in rt.redis.hgetall(state_key(job_id)).items()}
+    if "spec" not in raw:
+        return None
+    doc = json.loads(raw["spec"])
+    spec = spec_from_doc(job_id, doc)
+    records = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("call:")}
+    ctx = JobContext(job_id=job_id, account_id=spec.account_id, runtime=rt)
+    return PipeState(spec, doc.get("queue", DEFAULT_QUEUE), records, ctx)
+
+
+def conclude(state: PipeState, outcome: Outcome, rt: Runtime) -> None:
+    """Finish the job once: a redelivered body task finds it final and only cleans up."""
+    outcome.calls = state.calls()
+    with session_scope() as session:
+        status = session.execute(select(Job.status).where(Job.id == state.spec.id)).scalar()
+    if status in FINAL:
+        log.info("job %s already ended %s; not finishing it again", state.spec.id, status)
+    else:
+        finish(state.spec, outcome, rt)
+    cleanup(rt, celery, state.spec.id)
+
+
+def cleanup(rt: Runtime, app: Celery, job_id: str) -> None:
+    ids = rt.redis.smembers(canvas_key(job_id))
+    results = [app.backend.get_key_for_task(_text(i)) for i in ids]
+    rt.redis.delete(state_key(job_id), canvas_key(job_id), *results)
+
+
+def _finish_lost(rt: Runtime, job_id: str) -> None:
+    """The pipeline's state expired or was lost: end the job failed rather than never."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status in FINAL:
+            return
+        spec = JobSpec(job_id, job.kind, job.account_id, {}, job.request is None)
+    log.error("pipeline state of job %s is gone; failing it", job_id)
+    finish(spec, Outcome("failed", error={"code": "internal_error",
+                                          "message": "the job's pipeline state was lost"}), rt)
+
+
+def revoke_canvas(app: Celery, client: redis.Redis, job_id: str) -> int:
+    """Revoke the job's chord header tasks (queued ones never start; running ones stop at
+    the cancel flag). Bodies are not revoked: they must run to finish the job."""
+    ids = [_text(i) for i in client.smembers(canvas_key(job_id))]
+    if ids:
+        app.control.revoke(ids)
+    return len(ids)
+
+
+# --- the Celery tasks: thin wrappers over the functions above ---------------------------
+
+
+@celery.task(name="chorus.model_call", ignore_result=False)
+def model_call_task(job_id: str, step: dict[str, Any]) -> Record:
+    return run_step(job_id, step)
+
+
+@celery.task(name="chorus.pipeline_next", ignore_result=True)
+def next_task(_results: Any, job_id: str, stage: str) -> None:
+    advance(job_id, stage)
+
+
+@celery.task(name="chorus.pipeline_broken", ignore_result=True)
+def broken_task(job_id: str, stage: str) -> None:
+    # Called with the failure when a header was revoked; the body's work is the same.
+    advance(job_id, stage)
