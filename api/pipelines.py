@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 def on_cancel(job_id: str) -> None:
     """The ``chorus.on_cancel`` hook. The cancel flag is already up (running calls stop at
     it), so a failed revoke only costs queued calls starting and stopping at once."""
-    return
     app: Celery = current_app.extensions["celery"]
     client: redis.Redis = current_app.extensions["chorus.redis"]
     try:

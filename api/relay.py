@@ -30,6 +30,14 @@ class Watch:
     def __init__(self) -> None:
         self.queue: Queue[Item] = Queue()
 
+    def drain(self) -> list[Item]:
+        items: list[Item] = []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except Empty:
+                return items
+
     def get(self, timeout: float) -> Item | None:
         try:
             return self.queue.get(timeout=timeout)
@@ -116,28 +124,53 @@ def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
     return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
 
 
-def follow(
+def follow_batches(
     relay: Relay,
     client: redis.Redis,
     job_id: str,
     after: int = 0,
     poll_s: float = 1.0,
     keepalive_s: float = 15.0,
-) -> Iterator[Item | None]:
+) -> Iterator[list[Item] | None]:
     """Every event of the job after ``after``, exactly once and in order, until the final
-    one. Yields ``None`` as a keepalive tick when nothing happened for ``keepalive_s``."""
+    one, in batches of whatever is ready at once (so a busy stream is written with fewer
+    syscalls). Yields ``None`` as a keepalive tick after ``keepalive_s`` of silence."""
     last = after
     quiet = 0.0
     with relay.watch(job_id) as w:
         pending = backlog(client, job_id, last)
         while True:
+            batch: list[Item] = []
+            final = False
             for seq, data in pending:
                 if seq != last + 1:
                     continue
                 last = seq
-                yield seq, data
+                batch.append((seq, data))
                 if events.is_final(data):
-                    return
+                    final = True
+                    break
+            pending = []
+            if not final:
+                # Take what else is already queued before writing.
+                for seq, data in w.drain():
+                    if seq <= last:
+                        continue
+                    if seq != last + 1:
+                        pending = backlog(client, job_id, last)
+                        break
+                    last = seq
+                    batch.append((seq, data))
+                    if events.is_final(data):
+                        final = True
+                        break
+            if batch:
+                quiet = 0.0
+                yield batch
+            if final:
+                return
+            if pending:
+                continue
             item = w.get(timeout=poll_s)
             if item is None:
                 # Silence: check the list in case pub/sub lost the message.
@@ -151,3 +184,19 @@ def follow(
             if seq <= last:
                 continue
             pending = [item] if seq == last + 1 else backlog(client, job_id, last)
+
+
+def follow(
+    relay: Relay,
+    client: redis.Redis,
+    job_id: str,
+    after: int = 0,
+    poll_s: float = 1.0,
+    keepalive_s: float = 15.0,
+) -> Iterator[Item | None]:
+    """``follow_batches`` one event at a time."""
+    for batch in follow_batches(relay, client, job_id, after, poll_s, keepalive_s):
+        if batch is None:
+            yield None
+        else:
+            yield from batch

@@ -19,6 +19,7 @@ the same request: everything failover put in front of the answer.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import tempfile
@@ -90,6 +91,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--ttft-ms", type=float, default=50.0, help="the fallback's mock TTFT")
     args = ap.parse_args()
+    # One failover log line per request would time the terminal, not the failover.
+    logging.getLogger("workers.mesh").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-failover-"))
     port = free_port()
     mock_url, dead_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"

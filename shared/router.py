@@ -95,7 +95,7 @@ class Decision:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Facts:
     """What the rules look at, measured once per request."""
 
@@ -137,11 +137,8 @@ class Rule:
     code_fence: bool = False
     math: bool = False
     scripts: tuple[str, ...] = ()
-
-    @property
-    def has_signal(self) -> bool:
-        return bool(self.keywords or self.patterns or self.code_fence or self.math
-                    or self.scripts)
+    # Set once by ``_rule``: whether any signal is configured.
+    has_signal: bool = False
 
     def match(self, f: Facts) -> str | None:
         """Why the rule matches (a short phrase), or None."""
@@ -284,16 +281,20 @@ def _rule(raw: Any, index: int, models: frozenset[str]) -> Rule:
     for flag in ("code_fence", "math"):
         if not isinstance(raw.get(flag, False), bool):
             raise RegistryError(f"{where}: {flag} must be true or false")
+    keywords = _keywords(raw.get("keywords"), where)
+    patterns = _patterns(raw.get("pattern"), where)
+    code_fence, math = bool(raw.get("code_fence", False)), bool(raw.get("math", False))
     rule = Rule(
         name=name,
         model=str(model),
         reason=str(raw.get("reason") or name),
         bounds=tuple(bounds),
-        keywords=_keywords(raw.get("keywords"), where),
-        patterns=_patterns(raw.get("pattern"), where),
-        code_fence=bool(raw.get("code_fence", False)),
-        math=bool(raw.get("math", False)),
+        keywords=keywords,
+        patterns=patterns,
+        code_fence=code_fence,
+        math=math,
         scripts=tuple(scripts),
+        has_signal=bool(keywords or patterns or code_fence or math or scripts),
     )
     if not rule.has_signal and not rule.bounds:
         raise RegistryError(f"{where} has no condition and would match everything")

@@ -164,6 +164,7 @@ def start(ctx: JobContext, spec: JobSpec, first: Stage) -> None:
     doc = {"kind": spec.kind, "account_id": spec.account_id, "byok": spec.byok,
            "zero_retention": spec.zero_retention, "body": spec.body, "queue": queue}
     launch(ctx, first, queue, spec_doc=json.dumps(doc))
+    import sys as _s, time as _t; _s.stderr.write(f"PTIME launched {spec.id} {_t.time():.4f}\n")
 
 
 def _current_queue() -> str:
@@ -215,6 +216,7 @@ class StepError(Exception):
 def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Record:
     """One chord header: stream the step's model call and store its record. Never raises."""
     rt = rt or get_runtime()
+    import sys as _s, time as _t; _s.stderr.write(f"PTIME stepstart {job_id} {_t.time():.4f} {raw['key']}\n")
     step = Step.from_json(raw)
     tags = {"role": step.role, "layer": step.layer, **step.tags}
     try:
@@ -250,6 +252,7 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     _safe(lambda: rt.redis.hset(state_key(job_id), f"call:{step.key}", json.dumps(record)))
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
+    import sys as _s, time as _t; _s.stderr.write(f"PTIME stepdone {job_id} {_t.time():.4f} {step.key} {record.get('latency_ms')}\n")
     return {k: v for k, v in record.items() if k not in ("text", "tool_calls")}
 
 
@@ -271,6 +274,7 @@ def _safe(fn: Callable[[], object]) -> None:
 def advance(job_id: str, stage: str, rt: Runtime | None = None) -> None:
     """A stage ended: launch the next one, or finish the job."""
     rt = rt or get_runtime()
+    import sys as _s, time as _t; _s.stderr.write(f"PTIME advance {job_id} {_t.time():.4f}\n")
     state = load_state(rt, job_id)
     if state is None:
         _finish_lost(rt, job_id)
@@ -316,6 +320,7 @@ def conclude(state: PipeState, outcome: Outcome, rt: Runtime) -> None:
         log.info("job %s already ended %s; not finishing it again", state.spec.id, status)
     else:
         finish(state.spec, outcome, rt)
+    import sys as _s, time as _t; _s.stderr.write(f"PTIME finished {state.spec.id} {_t.time():.4f}\n")
     cleanup(rt, celery, state.spec.id)
 
 

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,7 @@ def test_models_stream_interleaved_then_a_summary(api: httpx.Client,
     assert {c["model"] for c in chunks} == set(THREE)
     assert all(c["role"] == "candidate" for c in chunks)
     # Interleaved, not one model after another: the stream switches model many times.
-    switches = sum(1 for a, b in zip(chunks, chunks[1:], strict=False)
-                   if a["model"] != b["model"])
+    switches = sum(1 for a, b in pairwise(chunks) if a["model"] != b["model"])
     assert switches >= 6
     finals = {e["model"]: e for e in s.events if e["event"] == "chunk" and e["done"]}
     assert set(finals) == set(THREE)

@@ -82,6 +82,18 @@ def mesh(api: httpx.Client, chain: tuple[str, ...] = (A, B), **kw: Any) -> Strea
     return stream_post(api, "/api/v1/chat", body)
 
 
+def burst(api: httpx.Client, n: int) -> list[Stream]:
+    """``n`` mesh requests at once."""
+    results: list[Stream] = []
+    threads = [threading.Thread(target=lambda: results.append(mesh(api))) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == n
+    return results
+
+
 def request_log(stack: Stack, job_id: str) -> list[RequestLog]:
     with session_scope(stack.database_url) as session:
         rows = session.execute(
@@ -161,13 +173,7 @@ def test_breaker_opens_after_three_and_both_workers_skip_it(
     jobs: list[str] = []
     skipped_by: set[str] = set()
     for _ in range(5):
-        batch: list[Stream] = []
-        threads = [threading.Thread(target=lambda: batch.append(mesh(api))) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for s in batch:
+        for s in burst(api, 6):
             assert routes(s) == [(A, "skipped"), (B, "trying")]
             assert s.final["status"] == "succeeded" and s.final["resolved_model"] == B
             assert s.events[-2]["attempts"][0]["reason"].startswith("circuit open")
@@ -197,13 +203,7 @@ def test_half_open_lets_one_probe_through_then_recovery_closes_it(
     # The probe is slow, so all 20 requests arrive while it is still in flight.
     fault(mock, A, ttft_ms=2000, token_ms=1, tokens=3)
     fault(mock, B, ttft_ms=10, token_ms=1, tokens=3)
-    results: list[Stream] = []
-    threads = [threading.Thread(target=lambda: results.append(mesh(api))) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 20
+    results = burst(api, 20)
     first = Counter(routes(s)[0] for s in results)
     assert first == {(A, "trying"): 1, (A, "skipped"): 19}
     assert mock_calls(mock, A) == 1

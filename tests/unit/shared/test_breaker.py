@@ -42,9 +42,9 @@ def model(client: redis.Redis) -> Iterator[str]:
     client.delete(*model_keys(name))
 
 
-def open_it(b: Breaker, model: str, **kw: float) -> None:
+def open_it(b: Breaker, model: str, retry_after_s: float | None = None) -> None:
     for _ in range(b.config.failures):
-        b.record(model, "fail", reason="upstream_server_error", **kw)
+        b.record(model, "fail", reason="upstream_server_error", retry_after_s=retry_after_s)
 
 
 def test_closed_admits_every_caller_without_a_lock(client: redis.Redis, model: str) -> None:

@@ -224,3 +224,19 @@ def test_every_model_failing_ends_with_one_error_event(ctx: JobContext, breaker:
     assert [e["event"] for e in evs].count("error") == 1
     assert evs[-1]["error"]["code"] == "upstream_rate_limited"
     assert [a.status for a in run.attempts] == ["failed", "failed"]
+
+
+def test_two_breaks_in_a_row_still_make_one_answer(ctx: JobContext, breaker: Breaker,
+                                                   mock: httpx.Client) -> None:
+    configure(mock, A, reply="One two three four five", fault={"kind": "disconnect",
+                                                               "after_tokens": 2})
+    configure(mock, B, reply=" three four five six", fault={"kind": "disconnect",
+                                                            "after_tokens": 2})
+    configure(mock, C, reply=" five six seven.")
+    reg = ctx.runtime.registry
+    run = run_chain(ctx, [reg.get(A), reg.get(B), reg.get(C)], ChatCall(messages=MSG), breaker)
+    evs = published(ctx)
+    assert text_of(evs) == "One two three four five six seven."
+    assert [a.status for a in run.attempts] == ["failed", "failed", "ok"]
+    sent = mock.get("/_mock/requests", params={"model": UPSTREAM[C], "limit": 1}).json()
+    assert '"One two three four"' in json.dumps(sent[-1]["body"]["messages"])

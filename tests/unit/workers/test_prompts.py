@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_temperatures_spread_evenly_from_low_to_high() -> None:
     for n in range(2, 9):
         temps = temperatures(n)
         assert len(temps) == n and temps[0] == 0.3 and temps[-1] == 1.2
-        gaps = [round(b - a, 3) for a, b in zip(temps, temps[1:], strict=False)]
+        gaps = [round(b - a, 3) for a, b in pairwise(temps)]
         assert all(g > 0 for g in gaps) and max(gaps) - min(gaps) < 0.002
 
 

@@ -1,0 +1,204 @@
+"""What the Celery canvases add to compare and MoA: wall time minus the model calls.
+
+Starts a real stack (PostgreSQL, Redis, mock provider, gunicorn+gevent API, Celery gevent
+worker) with the default registry plus a ninth mock model, then, one job at a time and
+interleaved so drift hits all three alike, runs:
+
+- ``chat`` of the slowest model: the fixed cost of any job (API, queue, claim, settle,
+  relay) over one call;
+- ``compare`` of 9 models: ideally the slowest call plus that same fixed cost;
+- ``moa`` 3 layers x 6 models + synthesiser: ideally the sum of each stage's slowest call
+  plus that fixed cost.
+
+Each job's *overhead* is its wall time (client POST to the answer) minus its critical path
+of provider calls, as the worker measured them (the slowest call of each stage). What the
+pipeline adds is that overhead minus chat's.
+
+    .venv/bin/python -m bench.orchestration [--runs 40] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import gateway
+from bench.loadgen import pct
+from shared.settings import PACKAGE_DIR
+from tests.procs import stop
+from tests.stack import drop_pg_database, release_redis_db
+
+NINTH = '''
+[models."mock-extra"]
+provider = "groq"
+upstream = "mock-extra"
+input_per_mtok = 100
+output_per_mtok = 200
+context_window = 32000
+max_output_tokens = 4096
+'''
+MODELS = ["gpt-5-mini", "gemini-3-flash", "deepseek-v3.2", "claude-haiku-4.5",
+          "llama-3.3-70b", "gemini-3-pro", "claude-sonnet-4.5", "mock-extra", "gpt-5.2"]
+UPSTREAM = {"gpt-5-mini": "gpt-5-mini", "gemini-3-flash": "gemini-3-flash",
+            "deepseek-v3.2": "deepseek-chat", "claude-haiku-4.5": "claude-haiku-4-5",
+            "llama-3.3-70b": "llama-3.3-70b-versatile", "gemini-3-pro": "gemini-3-pro",
+            "claude-sonnet-4.5": "claude-sonnet-4-5", "mock-extra": "mock-extra",
+            "gpt-5.2": "gpt-5.2"}
+# Model i: first token after 100 + 20 i ms, then 20 tokens 10 ms apart (300-460 ms a call).
+TOKENS, TOKEN_MS = 20, 10
+SLOWEST = MODELS[-1]
+MOA_MODELS = MODELS[:6]
+MSG = [{"role": "user", "content": "Benchmark the orchestration."}]
+SECTION = "## Orchestration overhead: compare and MoA as Celery canvases"
+
+
+def profiles(mock_url: str) -> None:
+    for i, model in enumerate(MODELS):
+        httpx.post(f"{mock_url}/_mock/config", json={
+            "model": UPSTREAM[model], "ttft_ms": 100 + 20 * i, "token_ms": TOKEN_MS,
+            "tokens": TOKENS}).raise_for_status()
+
+
+def timed(client: httpx.Client, path: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    r = client.post(path, json=body)
+    wall = (time.perf_counter() - start) * 1000
+    r.raise_for_status()
+    return wall, r.json()
+
+
+def chat_path(final: dict[str, Any]) -> float:
+    return float(final["latency_ms"])
+
+
+def compare_path(final: dict[str, Any]) -> float:
+    return max(float(r["latency_ms"]) for r in final["results"])
+
+
+def moa_path(final: dict[str, Any]) -> float:
+    """Each layer's slowest call, summed, plus the synthesiser's call."""
+    slowest: dict[int, float] = {}
+    for a in final["answers"]:
+        slowest[a["layer"]] = max(slowest.get(a["layer"], 0.0), float(a["latency_ms"]))
+    return sum(slowest.values()) + float(final["latency_ms"])
+
+
+KINDS: dict[str, tuple[str, dict[str, Any], Callable[[dict[str, Any]], float]]] = {
+    "chat": ("/api/v1/chat", {"model": SLOWEST, "messages": MSG}, chat_path),
+    "compare": ("/api/v1/compare", {"models": MODELS, "messages": MSG}, compare_path),
+    "moa": ("/api/v1/blend", {"models": MOA_MODELS, "strategy": "moa", "layers": 3,
+                              "synthesizer": SLOWEST, "messages": MSG}, moa_path),
+}
+
+
+def measure(url: str, key: str, runs: int) -> dict[str, dict[str, list[float]]]:
+    out = {k: {"wall": [], "path": [], "overhead": []} for k in KINDS}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=60) as client:
+        for _ in range(3):  # warm pools, imports and prepared statements
+            for path, body, _fn in KINDS.values():
+                timed(client, path, body)
+        for _ in range(runs):
+            for kind, (path, body, critical) in KINDS.items():
+                wall, final = timed(client, path, body)
+                crit = critical(final)
+                out[kind]["wall"].append(wall)
+                out[kind]["path"].append(crit)
+                out[kind]["overhead"].append(wall - crit)
+    return out
+
+
+def rows(data: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    base = statistics.median(data["chat"]["overhead"])
+    base_p99 = pct(data["chat"]["overhead"], 99)
+    out = []
+    for kind, d in data.items():
+        ov = d["overhead"]
+        out.append({
+            "job": kind, "runs": len(ov),
+            "wall_p50_ms": round(statistics.median(d["wall"]), 1),
+            "calls_path_p50_ms": round(statistics.median(d["path"]), 1),
+            "overhead_p50_ms": round(statistics.median(ov), 1),
+            "overhead_p99_ms": round(pct(ov, 99), 1),
+            "added_vs_chat_p50_ms": round(statistics.median(ov) - base, 1),
+            "added_vs_chat_p99_ms": round(pct(ov, 99) - base_p99, 1),
+            "wall_vs_path_ratio": round(statistics.median(d["wall"])
+                                        / statistics.median(d["path"]), 3),
+        })
+    return out
+
+
+def table(result: list[dict[str, Any]]) -> str:
+    cols = list(result[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in result]
+    return "\n".join(lines)
+
+
+def section(result: list[dict[str, Any]], command: str) -> str:
+    by = {r["job"]: r for r in result}
+    return "\n".join([
+        SECTION, "",
+        "Command (2-core machine shared with the other processes of the stack):", "",
+        f"    {command}", "",
+        "One job at a time, chat / compare / moa interleaved. *calls path* = the slowest call "
+        "(compare) or the sum of each stage's slowest call (MoA: 3 layers x 6 models + "
+        "synthesiser), as the worker timed them; *overhead* = client wall time minus that "
+        "path; *added vs chat* = overhead minus a one-call chat job's (the fixed cost every "
+        "job pays: API, queue, claim, settle, relay). p99 of "
+        f"{by['chat']['runs']} runs is close to the maximum.", "",
+        table(result), "",
+        f"Targets (p50 added by orchestration): compare of 9 <= 15 ms: "
+        f"{by['compare']['added_vs_chat_p50_ms']} ms; MoA 3x6 <= 50 ms: "
+        f"{by['moa']['added_vs_chat_p50_ms']} ms.", "",
+    ])
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this script's section of RESULTS.md, keeping every other section."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    if SECTION in old:
+        head, _, rest = old.partition(SECTION)
+        nxt = rest.find("\n## ")
+        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
+    path.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--web-workers", type=int, default=1)
+    ap.add_argument("--worker-concurrency", type=int, default=100)
+    ap.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-orch-"))
+    registry = tmp / "models.toml"
+    registry.write_text((PACKAGE_DIR / "models.toml").read_text() + NINTH)
+    os.environ["CHORUS_MODELS"] = str(registry)  # boot() hands the environment on
+    s, token = gateway.boot(tmp, args.web_workers, args.worker_concurrency)
+    try:
+        key = s.create_key(credits=10_000_000, tier="paid")
+        profiles(s.mock_url)
+        result = rows(measure(s.url, key, args.runs))
+        print(table(result))
+        if args.write:
+            command = ".venv/bin/python -m bench.orchestration " + " ".join(sys.argv[1:])
+            write_section(Path(__file__).with_name("RESULTS.md"), section(result, command))
+    finally:
+        stop(s.procs.pop("mock"))
+        s.shutdown()
+        release_redis_db(s.redis_url, token)
+        drop_pg_database(s.database_url)
+
+
+if __name__ == "__main__":
+    main()
