@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import redis
@@ -99,8 +100,11 @@ def judge() -> Response:
 
 
 def load_job(job_id: str, account_id: int) -> Job:
-    if len(job_id) > 64:
-        raise not_found()
+    # Job ids are UUIDs; anything else (a NUL byte PostgreSQL would refuse, say) is not one.
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise not_found() from None
     try:
         with session_scope() as session:
             job = session.get(Job, job_id)

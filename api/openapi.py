@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.account import ByokBody, LimitBody, Page, UsageQuery
 from shared import api_models as am
 from shared.registry import Registry, get_registry
 from shared.schemas import (
@@ -54,11 +55,14 @@ RATE_HEADERS = {
 }
 REQUEST_MODELS: list[type[BaseModel]] = [
     ChatRequest, CompareRequest, BlendRequest, JudgeRequest, ChatCompletionRequest,
+    LimitBody, ByokBody,
 ]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     am.ErrorBody, am.InsufficientCredits, am.JobFinal, am.JobFailed, am.JobView,
     am.CancelAccepted, am.ModelList, am.Health, am.Readiness, am.OpenAIError,
     am.ChatCompletion, am.ChatCompletionChunk, am.OpenAIModel, am.OpenAIModelList,
+    am.CreditsView, am.UsageView, am.BudgetsView, am.SessionDefault, am.SessionBudget,
+    am.ByokKey, am.ByokList, am.ByokDeleted,
 ]
 
 
@@ -81,6 +85,24 @@ class Op:
     extra_responses: dict[str, Any] = field(default_factory=dict)
 
 
+def query_params(model: type[BaseModel]) -> tuple[dict[str, Any], ...]:
+    """A pydantic model of a query string as OpenAPI query parameters."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    out = []
+    for name, prop in schema["properties"].items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                 "schema": {k: v for k, v in prop.items() if k != "title"}}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        out.append(param)
+    return tuple(out)
+
+
+SESSION_ID = {"name": "session_id", "in": "path", "required": True,
+              "schema": {"type": "string"}, "description": "a chatbot's session id"}
+PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "a provider name of the registry (see GET /api/v1/models)"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
           "description": "the job id (a UUID) from a submit response or stream"}
 SUBMIT_ERRORS = (400, 401, 402, 413, 429, 502, 503)
@@ -141,6 +163,26 @@ OPS: list[Op] = [
        am.OpenAIModel, errors=(401, 404, 429, 503), openai=True,
        params=({"name": "model_id", "in": "path", "required": True,
                 "schema": {"type": "string"}},)),
+    Op("get", "/api/v1/credits", "Balance, reserved credits and the recent ledger", "account",
+       am.CreditsView, errors=(400, 401, 429, 503), params=query_params(Page)),
+    Op("get", "/api/v1/usage", "The request log and per-model aggregates", "account",
+       am.UsageView, errors=(400, 401, 429, 503), params=query_params(UsageQuery)),
+    Op("get", "/api/v1/budgets", "The key's budget and the default per-session budget",
+       "account", am.BudgetsView),
+    Op("put", "/api/v1/budgets/session-default", "Set the default budget of every session",
+       "account", am.SessionDefault, LimitBody, (400, 401, 413, 429, 503)),
+    Op("get", "/api/v1/budgets/sessions/{session_id}", "One session's budget and spend",
+       "account", am.SessionBudget, errors=(400, 401, 429, 503), params=(SESSION_ID,)),
+    Op("put", "/api/v1/budgets/sessions/{session_id}", "Set one session's budget", "account",
+       am.SessionBudget, LimitBody, (400, 401, 413, 429, 503), params=(SESSION_ID,)),
+    Op("get", "/api/v1/byok", "The providers with a stored key of the account's own",
+       "account", am.ByokList),
+    Op("put", "/api/v1/byok/{provider}", "Store (or replace) the account's key for a provider",
+       "account", am.ByokKey, ByokBody, (400, 401, 413, 429, 503), params=(PROVIDER,),
+       description="Calls on this provider then use the account's key and cost no token "
+                   "credits. The key is sealed at rest and never returned."),
+    Op("delete", "/api/v1/byok/{provider}", "Forget the account's key for a provider",
+       "account", am.ByokDeleted, errors=(400, 401, 404, 429, 503), params=(PROVIDER,)),
     Op("get", "/healthz", "Liveness", "operations", am.Health, errors=(), public=True),
     Op("get", "/readyz", "Readiness: Redis and the database answer", "operations",
        am.Readiness, errors=(), public=True,
@@ -178,6 +220,8 @@ def request_examples(registry: Registry) -> dict[str, dict[str, Any]]:
                          "max_tokens": 64},
         "ChatCompletionRequest": {"model": a, "messages": msgs, "max_tokens": 64,
                                   "chorus": {"fallback": [b]}},
+        "LimitBody": {"limit": 25.0},
+        "ByokBody": {"api_key": "sk-your-own-provider-key"},
     }
 
 

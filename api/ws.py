@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import redis
@@ -28,12 +28,14 @@ from werkzeug.routing import WebsocketMismatch
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import load_job, request_cancel, start_job
+from api.ratelimit import RateLimiter, client_ip
 from api.relay import Relay, follow
 from api.streaming import on_disconnect
 from api.submit import enqueue
 from shared import events, keys
 from shared.db import session_scope
 from shared.schemas import JOB_KINDS
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ AUTH_TIMEOUT_S = 30.0
 MAX_JOBS_PER_SOCKET = 100
 MAX_CLIENT_ID = 100
 
+M = TypeVar("M", bound=BaseModel)
+
 
 def error_message(client_id: str | None, err: ApiError) -> dict[str, Any]:
     """The REST error body, tagged like every other message on the socket."""
@@ -53,7 +57,7 @@ def error_message(client_id: str | None, err: ApiError) -> dict[str, Any]:
     return {"type": "error", "id": client_id, "status": err.status, "error": error, **err.extra}
 
 
-def validate(model: type[BaseModel], payload: dict[str, Any]) -> BaseModel:
+def validate(model: type[M], payload: dict[str, Any]) -> M:
     """The REST endpoints' strict validation, applied to a message instead of a body."""
     try:
         return model.model_validate_json(json.dumps(payload), strict=True)
@@ -85,7 +89,7 @@ class Relayed:
 
 
 @dataclass
-class Session:
+class SocketSession:
     ws: Any
     relay: Relay
     redis: redis.Redis
@@ -164,10 +168,10 @@ class Session:
         client_id = self._claim_id(msg)
         body = {k: v for k, v in msg.items() if k not in ("type", "id")}
         req = validate(JOB_KINDS[kind], body)
-        job_id = start_job(self.owner, kind, req)  # type: ignore[arg-type]
-        keep = bool(getattr(req, "keep_running", False))
+        self._take_rate_token(kind)
+        job_id = start_job(self.owner, kind, req)
         self.send({"type": "accepted", "id": client_id, "job_id": job_id})
-        job = self._relay(client_id, job_id, 0, cancel_on_close=not keep)
+        job = self._relay(client_id, job_id, 0, cancel_on_close=not req.keep_running)
         try:
             enqueue(job_id)
         except ApiError:
@@ -175,6 +179,23 @@ class Session:
                 job.greenlet.kill(block=False)
             job.finished = True
             raise
+
+    def _take_rate_token(self, kind: str) -> None:
+        """A job over the socket draws on the same buckets as one over HTTP."""
+        limiter: RateLimiter | None = current_app.extensions.get("chorus.ratelimit")
+        if limiter is None:
+            return
+        settings: Settings = current_app.config["CHORUS_SETTINGS"]
+        buckets = limiter.buckets_for(kind, self.owner, client_ip(settings.trusted_proxies))
+        try:
+            decision = limiter.take(buckets)
+        except redis.RedisError as exc:
+            raise unavailable("redis") from exc
+        if not decision.allowed:
+            raise ApiError(429, "rate_limited",
+                           f"rate limit of {decision.limit} {kind} requests per minute "
+                           f"reached; retry in {decision.retry_after_s} s",
+                           retry_after=decision.retry_after_s)
 
     def follow_existing(self, msg: dict[str, Any]) -> None:
         """Re-attach to a job (after a reconnect); a reader never cancels on close."""
@@ -266,7 +287,7 @@ def _not_upgraded(_exc: WebsocketMismatch) -> Response:
 
 @sock.route("/api/v1/ws", bp=bp)
 def websocket(ws: Any) -> None:
-    session = Session(ws, current_app.extensions["chorus.relay"],
+    session = SocketSession(ws, current_app.extensions["chorus.relay"],
                       current_app.extensions["chorus.redis"])
     try:
         session.run()

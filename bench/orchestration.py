@@ -58,7 +58,7 @@ TOKENS, TOKEN_MS = 20, 10
 SLOWEST = MODELS[-1]
 MOA_MODELS = MODELS[:6]
 MSG = [{"role": "user", "content": "Benchmark the orchestration."}]
-SECTION = "## Orchestration overhead: compare and MoA as Celery canvases"
+SECTION = "## Orchestration overhead: compare and MoA as Celery canvases (`bench/orchestration.py`)"
 
 
 def profiles(mock_url: str) -> None:

@@ -219,3 +219,93 @@ class OpenAIModel(BaseModel):
 class OpenAIModelList(BaseModel):
     object: Literal["list"]
     data: list[OpenAIModel]
+
+
+# --- Account endpoints (credits, usage, budgets, BYOK)
+
+
+class LedgerEntryView(BaseModel):
+    id: int
+    kind: str = Field(description="grant, reserve, settle, …")
+    amount: float = Field(description="change to the balance")
+    hold: float = Field(description="change to the reserved credits")
+    job_id: str | None
+    note: str | None
+    created_at: str
+
+
+class CreditsView(BaseModel):
+    balance: float
+    reserved: float
+    available: float
+    ledger: list[LedgerEntryView]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class UsageRow(BaseModel):
+    id: int
+    job_id: str
+    model: str
+    provider: str
+    role: str | None
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    latency_ms: float
+    cost: float
+    error: str | None
+    created_at: str
+
+
+class UsageByModel(BaseModel):
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    p50_latency_ms: float
+    error_rate: float
+
+
+class UsageView(BaseModel):
+    data: list[UsageRow]
+    next_cursor: str | None
+    models: list[UsageByModel]
+
+
+class BudgetUsage(BaseModel):
+    limit: float | None = Field(description="null: no budget")
+    spent: float
+    reserved: float
+    remaining: float | None
+
+
+class BudgetsView(BaseModel):
+    key: BudgetUsage
+    session_default: float | None
+
+
+class SessionDefault(BaseModel):
+    session_default: float | None
+
+
+class SessionBudget(BudgetUsage):
+    session_id: str
+
+
+class ByokKey(BaseModel):
+    """A stored provider key; the key itself is never returned."""
+
+    provider: str
+    created_at: str
+    updated_at: str
+
+
+class ByokList(BaseModel):
+    data: list[ByokKey]
+
+
+class ByokDeleted(BaseModel):
+    provider: str
+    deleted: bool

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.tables import Account, ApiKey, Budget, BudgetHold, ProviderKey
+from shared.tables import CREDITS, Account, ApiKey, Budget, BudgetHold, ProviderKey
 
 KEY = "key"
 SESSION = "session"
@@ -76,6 +86,35 @@ def _ensure_row(session: Session, account_id: int, scope: str, subject: str) -> 
         pass
 
 
+# Statements on a request's path are built once, with bind parameters (see shared.ledger).
+_B, _H = cast(Table, Budget.__table__), cast(Table, BudgetHold.__table__)
+_AMOUNT = bindparam("b_amount", type_=CREDITS)
+_CAP = func.coalesce(_B.c.limit_credits, bindparam("b_default_limit", type_=CREDITS))
+_MINE = and_(_B.c.account_id == bindparam("b_account_id"), _B.c.scope == bindparam("b_scope"),
+             _B.c.subject == bindparam("b_subject"))
+_TAKE = (
+    update(_B)
+    .where(_MINE, or_(_CAP.is_(None), _B.c.spent + _B.c.reserved + _AMOUNT <= _CAP))
+    .values(reserved=_B.c.reserved + _AMOUNT)
+    .returning(_B.c.id)
+)
+_TAKEN = insert(_H).values(job_id=bindparam("b_job_id"), budget_id=bindparam("b_budget_id"),
+                           amount=_AMOUNT, refunded=0)
+_STATE = select(_B.c.limit_credits, _B.c.spent, _B.c.reserved).where(_MINE)
+_CHARGE = bindparam("b_charge", type_=CREDITS)
+_SETTLE_HOLDS = (
+    update(_H)
+    .where(_H.c.job_id == bindparam("b_job_id"), _H.c.charged.is_(None))
+    .values(charged=_CHARGE)
+    .returning(_H.c.budget_id, _H.c.amount)
+)
+_SPEND = (
+    update(_B)
+    .where(_B.c.id == bindparam("b_budget_id"))
+    .values(reserved=_B.c.reserved - _AMOUNT, spent=_B.c.spent + _CHARGE)
+)
+
+
 def _hold(
     session: Session,
     account_id: int,
@@ -86,25 +125,17 @@ def _hold(
     default_limit: Decimal | None,
 ) -> None:
     """Hold ``amount`` on one budget if one applies; raise ``BudgetExceeded`` if it won't fit."""
-    cap = func.coalesce(Budget.limit_credits, literal(default_limit, Budget.limit_credits.type))
-    stmt = (
-        update(Budget)
-        .where(_subject(account_id, scope, subject),
-               or_(cap.is_(None), Budget.spent + Budget.reserved + amount <= cap))
-        .values(reserved=Budget.reserved + amount)
-        .returning(Budget.id)
-        .execution_options(synchronize_session=False)
-    )
+    conn = session.connection()
+    # Bind names differ from column names: SQLAlchemy reserves those in UPDATE/INSERT.
+    params = {"b_account_id": account_id, "b_scope": scope, "b_subject": subject,
+              "b_amount": amount, "b_default_limit": default_limit}
     for attempt in range(2):
-        budget_id = session.execute(stmt).scalar_one_or_none()
+        budget_id = conn.execute(_TAKE, params).scalar_one_or_none()
         if budget_id is not None:
-            session.add(BudgetHold(job_id=job_id, budget_id=budget_id, amount=amount,
-                                   refunded=Decimal(0)))
+            conn.execute(_TAKEN, {"b_job_id": job_id, "b_budget_id": budget_id,
+                                     "b_amount": amount})
             return
-        row = session.execute(
-            select(Budget.limit_credits, Budget.spent, Budget.reserved)
-            .where(_subject(account_id, scope, subject))
-        ).first()
+        row = conn.execute(_STATE, params).first()
         if row is not None:
             limit = row[0] if row[0] is not None else default_limit
             assert limit is not None
@@ -125,22 +156,25 @@ class Terms:
     own_providers: list[str]
 
 
+_TERMS = (
+    select(ApiKey.budget, Account.session_budget, ProviderKey.provider)
+    .join(Account, Account.id == ApiKey.account_id)
+    .outerjoin(ProviderKey, ProviderKey.account_id == Account.id)
+    .where(ApiKey.id == bindparam("key_id"))
+)
+
+
 def terms(session: Session, key_id: int) -> Terms:
     """The key's cap, the account's session cap and its BYOK providers, in one round trip."""
-    rows = session.execute(
-        select(ApiKey.budget, Account.session_budget, ProviderKey.provider)
-        .join(Account, Account.id == ApiKey.account_id)
-        .outerjoin(ProviderKey, ProviderKey.account_id == Account.id)
-        .where(ApiKey.id == key_id)
-        .order_by(ProviderKey.provider)
-    ).all()
+    # Built once and run on the connection: this is on every request's path.
+    rows = session.connection().execute(_TERMS, {"key_id": key_id}).all()
     if not rows:
         return Terms(None, None, [])
     key_budget, session_budget = rows[0][0], rows[0][1]
     return Terms(
         None if key_budget is None else _q(key_budget),
         None if session_budget is None else _q(session_budget),
-        [r[2] for r in rows if r[2] is not None],
+        sorted(r[2] for r in rows if r[2] is not None),
     )
 
 
@@ -164,20 +198,10 @@ def reserve(
 
 def settle(session: Session, job_id: str, charge: Decimal) -> None:
     """Turn the job's holds into spending; called once per job, by ``ledger.close``."""
-    holds = session.execute(
-        update(BudgetHold)
-        .where(BudgetHold.job_id == job_id, BudgetHold.charged.is_(None))
-        .values(charged=charge)
-        .returning(BudgetHold.budget_id, BudgetHold.amount)
-        .execution_options(synchronize_session=False)
-    ).all()
+    conn = session.connection()
+    holds = conn.execute(_SETTLE_HOLDS, {"b_job_id": job_id, "b_charge": charge}).all()
     for budget_id, amount in holds:
-        session.execute(
-            update(Budget)
-            .where(Budget.id == budget_id)
-            .values(reserved=Budget.reserved - amount, spent=Budget.spent + charge)
-            .execution_options(synchronize_session=False)
-        )
+        conn.execute(_SPEND, {"b_budget_id": budget_id, "b_amount": amount, "b_charge": charge})
 
 
 def refund(session: Session, job_id: str, amount: Decimal) -> None:

@@ -3,26 +3,27 @@
 Every change to a wallet is one ledger row written in the same transaction as the
 wallet update, so ``balance == sum(amount)`` and ``reserved == sum(hold)`` always hold.
 A (job, kind) pair is unique in the table, so idempotency is the database's job: a
-redelivered task that settles again finds the job's ``release`` row already there and
+redelivered task that settles again finds the job's ``settle`` row already there and
 charges nothing. The accounts table refuses ``balance < reserved`` on its own.
 
-Rows per job: ``reserve`` (hold +h), then at the end ``settle`` (amount -c, hold -c; only
-when c > 0) and ``release`` (hold -(h - c)); later at most one ``refund`` (amount +r).
+Rows per job: ``reserve`` (hold +h); at the end one ``settle`` (amount -c, hold -h: the
+charge is paid and the rest of the hold released; c = 0 for a job that never ran); later
+at most one ``refund`` (amount +r).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, func, select, update
+from sqlalchemy import Insert, Table, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import budgets
-from shared.tables import Account, LedgerEntry, as_utc
+from shared.tables import CREDITS, Account, BudgetHold, LedgerEntry, as_utc
 
 ZERO = Decimal(0)
 QUANTUM = Decimal("0.000001")
@@ -64,6 +65,53 @@ def insert_ignore(session: Session, table: Any) -> Insert:
     return stmt
 
 
+# The hot path's statements are built once, with bind parameters, and run on the
+# session's connection: per request that saves the ORM's statement building, which costs
+# more than the database round trips themselves.
+_A, _L = cast(Table, Account.__table__), cast(Table, LedgerEntry.__table__)
+_HOLD = (
+    update(_A)
+    .where(_A.c.id == bindparam("account_id"),
+           _A.c.balance - _A.c.reserved >= bindparam("hold", type_=CREDITS))
+    .values(reserved=_A.c.reserved + bindparam("hold", type_=CREDITS))
+)
+_HOLD_ROW = insert(_L).values(
+    account_id=bindparam("account_id"), job_id=bindparam("job_id"), kind="reserve",
+    amount=ZERO, hold=bindparam("hold", type_=CREDITS), note="",
+    created_at=bindparam("now", type_=_L.c.created_at.type),
+)
+_PAY = (
+    update(_A)
+    .where(_A.c.id == bindparam("account_id"))
+    .values(balance=_A.c.balance - bindparam("charge", type_=CREDITS),
+            reserved=_A.c.reserved - bindparam("hold", type_=CREDITS))
+)
+_closers: dict[str, Insert] = {}
+
+
+def _closer(session: Session) -> Insert:
+    """``settle`` row from the ``reserve`` row, charge capped in SQL, unless one exists."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in _closers:
+        held = _L.alias("held")
+        price = bindparam("price", type_=CREDITS)
+        charge = case((held.c.hold < price, held.c.hold), else_=price)
+        holds_budget = (
+            select(BudgetHold.job_id).where(BudgetHold.job_id == bindparam("b_job_id")).exists()
+        )
+        _closers[dialect] = (
+            insert_ignore(session, _L)
+            .from_select(
+                ["account_id", "job_id", "kind", "amount", "hold", "note", "created_at"],
+                select(held.c.account_id, held.c.job_id, literal("settle"), -charge,
+                       -held.c.hold, literal(""), bindparam("now", type_=_L.c.created_at.type))
+                .where(held.c.job_id == bindparam("b_job_id"), held.c.kind == "reserve"),
+            )
+            .returning(_L.c.account_id, _L.c.amount, _L.c.hold, holds_budget)
+        )
+    return _closers[dialect]
+
+
 def grant(session: Session, account_id: int, credits: Decimal, note: str = "") -> None:
     amount = q(credits)
     if amount <= 0:
@@ -97,54 +145,40 @@ def reserve(session: Session, account_id: int, job_id: str, credits: Decimal) ->
     hold = q(credits)
     if hold < 0:
         raise ValueError("a reservation cannot be negative")
-    result = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.balance - Account.reserved >= hold)
-        .values(reserved=Account.reserved + hold)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    conn = session.connection()
+    if conn.execute(_HOLD, {"account_id": account_id, "hold": hold}).rowcount != 1:
         raise InsufficientCredits(available(session, account_id), hold)
-    session.add(LedgerEntry(account_id=account_id, job_id=job_id, kind="reserve", hold=hold))
+    conn.execute(_HOLD_ROW, {"account_id": account_id, "job_id": job_id, "hold": hold,
+                             "now": datetime.now(UTC)})
 
 
 def close(session: Session, job_id: str, cost: Decimal) -> Settlement:
     """Charge a job's actual cost (capped at its reservation) and release the rest, once.
 
-    The ``release`` row is the guard: whichever settlement inserts it first wins; any
-    later one (a redelivered or concurrent task) inserts nothing and gets the first
-    charge back with ``fresh=False``. Budgets the job held are settled in the same step.
+    One statement writes the job's ``settle`` row from its ``reserve`` row (the charge is
+    capped there, in SQL) unless a ``settle`` row exists: whichever settlement inserts it
+    first wins, and any later one (a redelivered or concurrent task) inserts nothing and
+    gets the first charge back with ``fresh=False``. Budgets are settled in the same step.
     """
-    held = session.execute(
-        select(LedgerEntry.account_id, LedgerEntry.hold).where(
-            LedgerEntry.job_id == job_id, LedgerEntry.kind == "reserve"
-        )
+    conn = session.connection()
+    row = conn.execute(
+        _closer(session),
+        {"b_job_id": job_id, "price": max(ZERO, q(cost)), "now": datetime.now(UTC)},
     ).first()
-    if held is None:
-        return Settlement(ZERO, fresh=True)
-    account_id, hold = held[0], q(held[1])
-    charge = max(ZERO, min(q(cost), hold))
-    guard = session.execute(
-        insert_ignore(session, LedgerEntry)
-        .values(account_id=account_id, job_id=job_id, kind="release", amount=ZERO,
-                hold=-(hold - charge), note="")
-        .returning(LedgerEntry.id)
-    ).first()
-    if guard is None:
-        return Settlement(charged(session, job_id), fresh=False)
-    if charge:
-        session.add(
-            LedgerEntry(account_id=account_id, job_id=job_id, kind="settle", amount=-charge,
-                        hold=-charge)
-        )
-    session.execute(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(balance=Account.balance - charge, reserved=Account.reserved - hold)
-        .execution_options(synchronize_session=False)
-    )
-    budgets.settle(session, job_id, charge)
-    return Settlement(charge, fresh=True)
+    if row is None:
+        # Settled before, or never reserved (then there is nothing to settle either).
+        return Settlement(charged(session, job_id), fresh=not _reserved(session, job_id))
+    account_id, charged_now, hold, holds_budget = row[0], q(-row[1]), q(-row[2]), row[3]
+    conn.execute(_PAY, {"account_id": account_id, "charge": charged_now, "hold": hold})
+    if holds_budget:
+        budgets.settle(session, job_id, charged_now)
+    return Settlement(charged_now, fresh=True)
+
+
+def _reserved(session: Session, job_id: str) -> bool:
+    return session.execute(
+        select(LedgerEntry.id).where(LedgerEntry.job_id == job_id, LedgerEntry.kind == "reserve")
+    ).first() is not None
 
 
 def settle(session: Session, job_id: str, cost: Decimal) -> Decimal:
@@ -153,7 +187,9 @@ def settle(session: Session, job_id: str, cost: Decimal) -> Decimal:
 
 
 def release(session: Session, job_id: str) -> Decimal:
-    """Give a job's whole hold back (it never ran); a no-op if it was already settled."""
+    """Give a job's whole hold back (it never ran); a no-op if it was already settled.
+
+    Written as a ``settle`` row charging 0, so that the same guard stops a later settle."""
     return close(session, job_id, ZERO).charged
 
 
@@ -176,7 +212,7 @@ def refund(
             LedgerEntry.job_id == job_id, LedgerEntry.kind == "settle"
         )
     ).first()
-    if row is None:
+    if row is None or not row[1]:
         raise ValueError(f"job {job_id} was not charged anything")
     account_id, paid = row[0], q(-row[1])
     amount = paid if credits is None else min(q(credits), paid)

@@ -159,8 +159,11 @@ class Rule:
             return f"math {notation!r}"
         for script in self.scripts:
             sample = f.text[:SCRIPT_SAMPLE_CHARS]
+            regex = _SCRIPT_RES[script]
+            if regex.search(sample) is None:
+                continue
             letters = len(sample) - sample.count(" ")
-            if letters and len(_SCRIPT_RES[script].findall(sample)) >= SCRIPT_SHARE * letters:
+            if len(regex.findall(sample)) >= SCRIPT_SHARE * letters:
                 return f"{script} script"
         return None
 

@@ -49,7 +49,9 @@ class Common(Strict):
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    session_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # No NUL: PostgreSQL cannot store one in text, and no real id contains it.
+    session_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                   pattern=r"^[^\x00]*$")
     # Keep the job running after the client disconnects (batch-like use of a stream).
     keep_running: bool = False
 
@@ -177,7 +179,9 @@ class ChorusOptions(Strict):
 
     fallback: list[str] = Field(default_factory=list, max_length=8)
     keep_running: bool = False
-    session_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # No NUL: PostgreSQL cannot store one in text, and no real id contains it.
+    session_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                   pattern=r"^[^\x00]*$")
 
 
 class ChatCompletionRequest(Strict):

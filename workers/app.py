@@ -32,6 +32,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
         },
         result_backend_transport_options={"max_connections": settings.worker_concurrency + 50},
+        # Under the gevent pool every greenlet is a "thread": without this each chord task
+        # builds its own result backend, with a new Redis connection per task.
+        result_backend_thread_safe=True,
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],

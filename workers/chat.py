@@ -74,7 +74,9 @@ def outcome_of(run: MeshRun, primary: str, decision: Decision | None, mesh: bool
     assert err is not None
     error: dict[str, Any] = {**err.describe(), "code": "upstream_error", "http_status": 502,
                              "upstream": err.code}
-    if mesh:
+    if mesh and not err.retryable:
+        error["message"] = f"{err.message}; not retried on other models (not retryable)"
+    elif mesh:
         error["message"] = f"every model in the chain failed; last: {err.message}"
     return Outcome("failed", result=result, error=error, calls=run.calls,
                    resolved_model=resolved)

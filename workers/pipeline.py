@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 from celery import Celery, chain, chord, current_task
-from sqlalchemy import select
 
 from shared.db import session_scope
+from shared.events import cancel_key
 from shared.registry import ModelSpec
 from shared.tables import Job
 from workers.app import celery
@@ -36,6 +36,10 @@ from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+import os as _os, time as _time
+_FD = _os.open("/tmp/ptime.log", _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT)
+def _pt(tag: str, jid: str, extra: str = "") -> None:
+    _os.write(_FD, f"{tag} {jid} {_time.time():.5f} {extra}\n".encode())
 
 STATE_TTL_S = 3600
 DEFAULT_QUEUE = "interactive"
@@ -160,11 +164,11 @@ def missing_summary(step_model: str, **tags: Any) -> dict[str, Any]:
 
 def start(ctx: JobContext, spec: JobSpec, first: Stage) -> None:
     """Hand the job to its pipeline; ``run_job`` gets None and leaves finishing to it."""
+    _pt("start", spec.id)
     queue = _current_queue()
     doc = {"kind": spec.kind, "account_id": spec.account_id, "byok": spec.byok,
            "zero_retention": spec.zero_retention, "body": spec.body, "queue": queue}
     launch(ctx, first, queue, spec_doc=json.dumps(doc))
-    import sys as _s, time as _t; _s.stderr.write(f"PTIME launched {spec.id} {_t.time():.4f}\n")
 
 
 def _current_queue() -> str:
@@ -187,6 +191,7 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
             pipe.sadd(canvas_key(job_id), *ids)
             pipe.expire(canvas_key(job_id), STATE_TTL_S)
         pipe.execute()
+    _pt("piped", job_id)
     for event in stage.events:
         ctx.publish(event)
     if stage.events:
@@ -202,7 +207,9 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
         headers = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue)
                    for s, i in zip(stage.steps, ids, strict=True)]
         # A revoked header breaks the chord; the errback goes on with what arrived.
+        _pt("built", job_id)
         chord(headers, body.on_error(broken_task.si(job_id, stage.name))).apply_async()
+        _pt("applied", job_id)
 
 
 class StepError(Exception):
@@ -216,12 +223,16 @@ class StepError(Exception):
 def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Record:
     """One chord header: stream the step's model call and store its record. Never raises."""
     rt = rt or get_runtime()
-    import sys as _s, time as _t; _s.stderr.write(f"PTIME stepstart {job_id} {_t.time():.4f} {raw['key']}\n")
+    _pt("step", job_id, raw["key"])
     step = Step.from_json(raw)
     tags = {"role": step.role, "layer": step.layer, **step.tags}
     try:
         quoted_keys = [*step.inputs, *step.running]
-        values = rt.redis.hmget(state_key(job_id), ["spec", *(f"call:{k}" for k in quoted_keys)])
+        # One round trip for the request, the quoted answers and the cancel flag.
+        with rt.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(state_key(job_id), ["spec", *(f"call:{k}" for k in quoted_keys)])
+            pipe.exists(cancel_key(job_id))
+            values, cancelled = pipe.execute()
         if values[0] is None:
             raise LookupError("pipeline state expired")
         spec = spec_from_doc(job_id, json.loads(values[0]))
@@ -230,14 +241,16 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
         if refused is not None and refused.error is not None:
             raise StepError(refused.error)
         model = rt.registry.get(step.model)
-        if ctx.cancelled(force=True):
+        if cancelled:
             res = CallResult(model.id, model.provider.name, step.role, step.layer, cancelled=True)
         else:
             call = BUILDERS[step.prompt](spec.body, step, quoted, model)
             if step.temperature is not None:
                 call = dataclasses.replace(call, temperature=step.temperature)
+            _pt("call", job_id, step.key)
             res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
                                  extra_tags=step.tags)
+            _pt("ended", job_id, step.key)
         record: Record = {**res.to_record(), **tags, "key": step.key}
     except Exception as exc:  # a broken step is an answer that did not arrive, not a crash
         if isinstance(exc, StepError):
@@ -252,7 +265,7 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     _safe(lambda: rt.redis.hset(state_key(job_id), f"call:{step.key}", json.dumps(record)))
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
-    import sys as _s, time as _t; _s.stderr.write(f"PTIME stepdone {job_id} {_t.time():.4f} {step.key} {record.get('latency_ms')}\n")
+    _pt("done", job_id, step.key)
     return {k: v for k, v in record.items() if k not in ("text", "tool_calls")}
 
 
@@ -274,7 +287,7 @@ def _safe(fn: Callable[[], object]) -> None:
 def advance(job_id: str, stage: str, rt: Runtime | None = None) -> None:
     """A stage ended: launch the next one, or finish the job."""
     rt = rt or get_runtime()
-    import sys as _s, time as _t; _s.stderr.write(f"PTIME advance {job_id} {_t.time():.4f}\n")
+    _pt("advance", job_id)
     state = load_state(rt, job_id)
     if state is None:
         _finish_lost(rt, job_id)
@@ -312,15 +325,12 @@ def load_state(rt: Runtime, job_id: str) -> PipeState | None:
 
 
 def conclude(state: PipeState, outcome: Outcome, rt: Runtime) -> None:
-    """Finish the job once: a redelivered body task finds it final and only cleans up."""
+    """Finish the job (``finish`` ends a job once: a redelivered body finds it final and
+    writes nothing), then drop the pipeline's state."""
     outcome.calls = state.calls()
-    with session_scope() as session:
-        status = session.execute(select(Job.status).where(Job.id == state.spec.id)).scalar()
-    if status in FINAL:
-        log.info("job %s already ended %s; not finishing it again", state.spec.id, status)
-    else:
-        finish(state.spec, outcome, rt)
-    import sys as _s, time as _t; _s.stderr.write(f"PTIME finished {state.spec.id} {_t.time():.4f}\n")
+    _pt("finishing", state.spec.id)
+    finish(state.spec, outcome, rt)
+    _pt("finished", state.spec.id)
     cleanup(rt, celery, state.spec.id)
 
 
@@ -368,3 +378,12 @@ def next_task(_results: Any, job_id: str, stage: str) -> None:
 def broken_task(job_id: str, stage: str) -> None:
     # Called with the failure when a header was revoked; the body's work is the same.
     advance(job_id, stage)
+
+
+from celery.signals import task_prerun  # noqa: E402
+
+
+@task_prerun.connect
+def _pre(sender=None, task_id=None, args=None, **kw):  # type: ignore[no-untyped-def]
+    if args:
+        _pt("prerun", args[1] if sender.name == "chorus.pipeline_next" else args[0], sender.name)

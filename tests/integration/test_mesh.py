@@ -200,8 +200,9 @@ def test_half_open_lets_one_probe_through_then_recovery_closes_it(
         shared.record(A, "fail", reason="test")
     assert shared.acquire(A).decision == "reject"
     time.sleep(OPEN_S + 0.2)
-    # The probe is slow, so all 20 requests arrive while it is still in flight.
-    fault(mock, A, ttft_ms=2000, token_ms=1, tokens=3)
+    # The probe streams for ~3 s (no gap near the 3 s idle timeout), so all 20 requests
+    # arrive while it is still in flight.
+    fault(mock, A, ttft_ms=1000, token_ms=1000, tokens=3)
     fault(mock, B, ttft_ms=10, token_ms=1, tokens=3)
     results = burst(api, 20)
     first = Counter(routes(s)[0] for s in results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from shared.api_models import ChatCompletion, ChatCompletionChunk
 from tests.stack import Stack
@@ -186,8 +188,35 @@ def test_json_mode(client: openai.OpenAI, mock: httpx.Client) -> None:
     assert sent[-1]["body"]["response_format"]["json_schema"]["schema"] == schema
 
 
-def test_fallback_models_through_extra_body(client: openai.OpenAI, mock: httpx.Client) -> None:
-    """Unknown fallback ids are caught like the primary's; known ones reach the job."""
+@pytest.fixture
+def failing_primary(stack: Stack, mock: httpx.Client) -> Iterator[str]:
+    """A primary that answers 500 (the mesh tests' models stay untouched), and its breaker
+    state wiped afterwards so no other test meets an open breaker."""
+    mock.post("/_mock/config", json={"model": "llama-3.3-70b-versatile",
+                                     "fault": {"kind": "status", "status": 500}})
+    yield "llama-3.3-70b"
+    client = redis.Redis.from_url(stack.redis_url)
+    keys = list(client.scan_iter("chorus:model:llama-3.3-70b:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_fallback_models_through_extra_body(client: openai.OpenAI, mock: httpx.Client,
+                                            failing_primary: str) -> None:
+    fast(mock, "deepseek-chat", reply=REPLY)
+    extra = {"chorus": {"fallback": ["deepseek-v3.2"]}}
+    r = client.chat.completions.create(model=failing_primary, messages=MSG, extra_body=extra)
+    assert r.model == "deepseek-v3.2"
+    assert r.choices[0].message.content == REPLY
+    assert (r.model_extra or {})["chorus"]["resolved_model"] == "deepseek-v3.2"
+    chunks = list(client.chat.completions.create(model=failing_primary, messages=MSG,
+                                                 stream=True, extra_body=extra))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+    assert chunks[-1].model == "deepseek-v3.2"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_fallback_ids_are_checked_like_the_primary(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="gpt-5.2", messages=MSG,
                                        extra_body={"chorus": {"fallback": ["nope"]}})
@@ -248,14 +277,10 @@ def test_upstream_failure_is_internal_server_error(client: openai.OpenAI,
 
 @pytest.fixture
 def limited_url(stack: Stack) -> Iterator[str]:
-    """An API process of the same stack whose chat bucket holds 2 (x1.5 for paid keys)."""
-    saved = dict(stack.env)
-    stack.env["CHORUS_RATE_LIMITS"] = "chat=2"
-    try:
-        url = stack.start_api("web-limited")
-    finally:
-        stack.env.clear()
-        stack.env.update(saved)
+    """An API process with real limits (the session's stack scales them out of the way)
+    and a chat bucket of 2 (x1.5 for a paid key: 3 a minute)."""
+    env = dict(stack.env, CHORUS_RATE_LIMIT_SCALE="1", CHORUS_RATE_LIMITS="chat=2")
+    url = dataclasses.replace(stack, env=env, procs=stack.procs).start_api("web-limited")
     yield url
     stack.stop_proc("web-limited")
 

@@ -5,7 +5,6 @@ response the document does not describe."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -33,21 +32,6 @@ VERDICT = json.dumps({"scores": {"A": {"score": 7, "reason": "clear"},
 
 
 @pytest.fixture(scope="module")
-def fuzz_url(stack: Stack) -> Iterator[str]:
-    """An API process of the session's stack with roomy rate limits, so the fuzzer's burst
-    neither meets 429s everywhere nor drains the address bucket other tests share."""
-    saved = dict(stack.env)
-    stack.env["CHORUS_RATE_LIMIT_SCALE"] = "100"
-    try:
-        url = stack.start_api("web-openapi")
-    finally:
-        stack.env.clear()
-        stack.env.update(saved)
-    yield url
-    stack.stop_proc("web-openapi")
-
-
-@pytest.fixture(scope="module")
 def fuzz_key(stack: Stack) -> str:
     return stack.create_key(credits=10_000_000)
 
@@ -62,11 +46,11 @@ def check_operation(strategy: Any, examples: int, headers: dict[str, str]) -> No
     run()
 
 
-def test_api_matches_its_document(fuzz_url: str, fuzz_key: str, mock: httpx.Client) -> None:
+def test_api_matches_its_document(stack: Stack, fuzz_key: str, mock: httpx.Client) -> None:
     # Answers come back at once, so valid job requests finish in milliseconds.
     mock.post("/_mock/config", json={"model": "*", "ttft_ms": 0, "token_ms": 0})
-    schema = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")
-    schema.config.update(base_url=fuzz_url)
+    schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
+    schema.config.update(base_url=stack.url)
     # The judge of the documented example gives a verdict it can parse (the mock's own
     # words are not one), so that example runs the whole judge pipeline.
     judge_example = schema.raw_schema["paths"]["/api/v1/judge"]["post"]["requestBody"][
@@ -93,3 +77,16 @@ def test_api_matches_its_document(fuzz_url: str, fuzz_key: str, mock: httpx.Clie
             except Exception as exc:
                 failures[f"{op.label} ({name})"] = str(exc)[:3000]
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
+
+
+def test_nul_bytes_are_client_errors(api: httpx.Client) -> None:
+    """PostgreSQL refuses NUL in text: such input must be a 4xx, not a 500 (found fuzzing)."""
+    assert api.get("/api/v1/jobs/%00").status_code == 404
+    assert api.get("/api/v1/jobs/a%00b/events").status_code == 404
+    r = api.post("/api/v1/chat", json={"model": "gpt-5-mini", "session_id": "s\u0000",
+                                       "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "session_id"
+    r = api.post("/v1/chat/completions", json={
+        "model": "gpt-5-mini", "messages": [{"role": "user", "content": "hi"}],
+        "chorus": {"session_id": "s\u0000"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chorus.session_id"

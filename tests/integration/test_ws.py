@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -231,3 +232,29 @@ def test_plain_get_is_a_clear_400(stack: Stack) -> None:
     r = httpx.get(f"{stack.url}/api/v1/ws")
     assert r.status_code == 400
     assert "WebSocket" in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def limited_ws(stack: Stack) -> Iterator[str]:
+    """An API process with real limits and a chat bucket of 2 (x1.5 paid: 3 a minute)."""
+    env = dict(stack.env, CHORUS_RATE_LIMIT_SCALE="1", CHORUS_RATE_LIMITS="chat=2")
+    url = dataclasses.replace(stack, env=env, procs=stack.procs).start_api("web-ws-limited")
+    yield url.replace("http://", "ws://") + "/api/v1/ws"
+    stack.stop_proc("web-ws-limited")
+
+
+def test_jobs_over_the_socket_are_rate_limited(stack: Stack, limited_ws: str,
+                                               mock: httpx.Client) -> None:
+    mock.post("/_mock/config", json={"model": "gpt-5-mini", "tokens": 3, "token_ms": 1})
+    conn = websocket.create_connection(limited_ws, timeout=15, header=[
+        f"Authorization: Bearer {stack.create_key()}"])
+    s = Socket(conn)
+    s.recv()
+    for i in range(4):
+        s.send({"type": "chat", "id": f"j{i}", "model": "gpt-5-mini", "messages": MSG})
+    msgs = s.until(lambda m: m["type"] == "error")
+    err = msgs[-1]
+    assert (err["id"], err["status"], err["error"]["code"]) == ("j3", 429, "rate_limited")
+    assert err["retry_after"] >= 1
+    assert [m["id"] for m in msgs if m["type"] == "accepted"] == ["j0", "j1", "j2"]
+    conn.close()

@@ -75,10 +75,16 @@ def test_reserve_settle_release_keep_the_ledger_equal_to_the_wallet(db_url: str)
             select(LedgerEntry.kind, LedgerEntry.amount, LedgerEntry.hold)
             .where(LedgerEntry.job_id == job).order_by(LedgerEntry.id)
         ).all()
+    # One closing row pays the charge and releases the whole hold.
     assert [(k, Decimal(a), Decimal(h)) for k, a, h in kinds] == [
-        ("reserve", 0, 4), ("release", 0, Decimal("-2.5")), ("settle", Decimal("-1.5"),
-                                                              Decimal("-1.5")),
+        ("reserve", 0, 4), ("settle", Decimal("-1.5"), -4),
     ]
+
+
+def test_settling_a_job_that_was_never_reserved_is_a_no_op(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        assert ledger.close(s, str(uuid.uuid4()), Decimal(3)) == ledger.Settlement(
+            Decimal(0), fresh=True)
 
 
 def test_a_second_settlement_charges_nothing(db_url: str) -> None:
@@ -134,9 +140,12 @@ def test_refund_is_capped_at_the_charge_and_happens_once(db_url: str) -> None:
     with session_scope(db_url) as s:
         assert ledger.refund(s, job, Decimal(1)) == Decimal(3)
     assert assert_consistent(db_url, acct) == ledger.Wallet(Decimal(10), Decimal(0))
-    unpaid = reserve(db_url, acct, 1)
-    with pytest.raises(ValueError, match="not charged"), session_scope(db_url) as s:
-        ledger.refund(s, unpaid)
+    unpaid, free = reserve(db_url, acct, 1), reserve(db_url, acct, 1)
+    with session_scope(db_url) as s:
+        ledger.release(s, free)
+    for job_id in (unpaid, free):
+        with pytest.raises(ValueError, match="not charged"), session_scope(db_url) as s:
+            ledger.refund(s, job_id)
 
 
 def test_grants_must_be_positive(db_url: str) -> None:
@@ -215,4 +224,4 @@ def test_concurrent_settlements_of_one_job_charge_once(db_url: str) -> None:
         rows = s.execute(
             select(func.count()).select_from(LedgerEntry).where(LedgerEntry.job_id == job)
         ).scalar_one()
-    assert rows == 3  # reserve, release, settle
+    assert rows == 2  # reserve, settle
