@@ -59,7 +59,7 @@ def is_token_line(line: bytes) -> bool:
     """A line carrying generated text: OpenAI chunks or Chorus chunk events."""
     if not line.startswith(b"data: {"):
         return False
-    return b'"content":"' in line and b'"content":""' not in line or (
+    return (b'"content":"' in line and b'"content":""' not in line) or (
         b'"event":"chunk"' in line and b'"delta":""' not in line
     )
 

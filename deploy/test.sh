@@ -13,4 +13,4 @@ bash deploy/services.sh
 
 .venv/bin/ruff check .
 .venv/bin/mypy api shared workers
-.venv/bin/pytest "$@"
+.venv/bin/pytest -q "$@"

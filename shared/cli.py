@@ -156,7 +156,7 @@ def credits_refund(job_id: str, credits_: Decimal | None, note: str) -> None:
             amount = ledger.refund(session, job_id, credits_, note=note)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
-    console.print(f"job {job_id}: {amount} credits refunded")
+    console.print(f"job {job_id}: {amount} credits refunded (a job is refunded at most once)")
 
 
 @credits.command("show")

@@ -38,7 +38,7 @@ class Settings:
     breaker_probe_s: float = 60.0
     health_interval_s: float = 60.0
     # Seconds before the broker hands an unacknowledged task (a dead worker's) to another.
-    broker_visibility_timeout_s: int = 3600
+    broker_visibility_timeout_s: int = 300
     # Rate limits: every limit is multiplied by the scale; `rate_limits` overrides single
     # limits ("chat=90,ip.free=120"); X-Forwarded-For is trusted through this many proxies.
     rate_limit_scale: float = 1.0
@@ -73,7 +73,7 @@ def from_env() -> Settings:
         first_token_timeout_s=_env_float("CHORUS_FIRST_TOKEN_TIMEOUT", 60.0),
         idle_timeout_s=_env_float("CHORUS_IDLE_TIMEOUT", 60.0),
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
-        broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 3600),
+        broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),
         rate_limits=os.environ.get("CHORUS_RATE_LIMITS", ""),
         trusted_proxies=int(os.environ.get("CHORUS_TRUSTED_PROXIES") or 0),

@@ -22,13 +22,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """Runs in the child: a killed test run must not leave a stack holding connections."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start(
     args: Sequence[str], env: dict[str, str], log: Path, *, module: bool = True
 ) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", *args] if module else list(args)
     fh = log.open("ab")
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
 

@@ -20,8 +20,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         result_expires=3600,
         task_default_queue="interactive",
         task_create_missing_queues=True,
-        # A task is acknowledged when it ends, so a killed worker's job is redelivered;
-        # settlement is idempotent by job id, so redelivery never charges twice.
+        # A task is acknowledged when it ends, so a killed worker's job is redelivered
+        # after the visibility timeout; a live worker's job is protected from that second
+        # delivery by its lease (workers/lease.py), and settlement is idempotent by job id.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -30,6 +31,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             # kombu's default pool of 10 starves hundreds of greenlets acking at once.
             "max_connections": settings.worker_concurrency + 50,
             "visibility_timeout": settings.broker_visibility_timeout_s,
+            # The gevent pool drains the broker synchronously; scan for unacknowledged
+            # messages past their timeout on every idle poll, not every tenth.
+            "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"max_connections": settings.worker_concurrency + 50},
         # Under the gevent pool every greenlet is a "thread": without this each chord task

@@ -17,6 +17,7 @@ from shared.db import session_scope
 from shared.pricing import BASE_CREDITS
 from shared.tables import Job, RequestLog
 from workers.calls import CallResult, JobContext
+from workers.lease import JobBusy, Lease
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,18 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
 
 def run_job(job_id: str, rt: Runtime | None = None) -> None:
     rt = rt or get_runtime()
+    lease = Lease(rt.redis, job_id)
+    if not lease.acquire():
+        # Its owner may be alive (a long job's second delivery) or just died: look again
+        # after the lease could have lapsed, and never drop the job.
+        raise JobBusy(job_id)
+    try:
+        _run_leased(job_id, rt)
+    finally:
+        lease.release()
+
+
+def _run_leased(job_id: str, rt: Runtime) -> None:
     spec = claim(job_id, rt)
     if spec is None:
         return

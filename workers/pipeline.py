@@ -36,10 +36,6 @@ from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
-import os as _os, time as _time
-_FD = _os.open("/tmp/ptime.log", _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT)
-def _pt(tag: str, jid: str, extra: str = "") -> None:
-    _os.write(_FD, f"{tag} {jid} {_time.time():.5f} {extra}\n".encode())
 
 STATE_TTL_S = 3600
 DEFAULT_QUEUE = "interactive"
@@ -93,6 +89,7 @@ class PipeState:
     queue: str
     records: dict[str, Record]
     ctx: JobContext
+    cancelled: bool = False
 
     @property
     def body(self) -> dict[str, Any]:
@@ -164,7 +161,6 @@ def missing_summary(step_model: str, **tags: Any) -> dict[str, Any]:
 
 def start(ctx: JobContext, spec: JobSpec, first: Stage) -> None:
     """Hand the job to its pipeline; ``run_job`` gets None and leaves finishing to it."""
-    _pt("start", spec.id)
     queue = _current_queue()
     doc = {"kind": spec.kind, "account_id": spec.account_id, "byok": spec.byok,
            "zero_retention": spec.zero_retention, "body": spec.body, "queue": queue}
@@ -191,7 +187,6 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
             pipe.sadd(canvas_key(job_id), *ids)
             pipe.expire(canvas_key(job_id), STATE_TTL_S)
         pipe.execute()
-    _pt("piped", job_id)
     for event in stage.events:
         ctx.publish(event)
     if stage.events:
@@ -207,9 +202,7 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
         headers = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue)
                    for s, i in zip(stage.steps, ids, strict=True)]
         # A revoked header breaks the chord; the errback goes on with what arrived.
-        _pt("built", job_id)
         chord(headers, body.on_error(broken_task.si(job_id, stage.name))).apply_async()
-        _pt("applied", job_id)
 
 
 class StepError(Exception):
@@ -223,7 +216,6 @@ class StepError(Exception):
 def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Record:
     """One chord header: stream the step's model call and store its record. Never raises."""
     rt = rt or get_runtime()
-    _pt("step", job_id, raw["key"])
     step = Step.from_json(raw)
     tags = {"role": step.role, "layer": step.layer, **step.tags}
     try:
@@ -247,10 +239,8 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
             call = BUILDERS[step.prompt](spec.body, step, quoted, model)
             if step.temperature is not None:
                 call = dataclasses.replace(call, temperature=step.temperature)
-            _pt("call", job_id, step.key)
             res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
                                  extra_tags=step.tags)
-            _pt("ended", job_id, step.key)
         record: Record = {**res.to_record(), **tags, "key": step.key}
     except Exception as exc:  # a broken step is an answer that did not arrive, not a crash
         if isinstance(exc, StepError):
@@ -265,7 +255,6 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     _safe(lambda: rt.redis.hset(state_key(job_id), f"call:{step.key}", json.dumps(record)))
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
-    _pt("done", job_id, step.key)
     return {k: v for k, v in record.items() if k not in ("text", "tool_calls")}
 
 
@@ -287,14 +276,13 @@ def _safe(fn: Callable[[], object]) -> None:
 def advance(job_id: str, stage: str, rt: Runtime | None = None) -> None:
     """A stage ended: launch the next one, or finish the job."""
     rt = rt or get_runtime()
-    _pt("advance", job_id)
     state = load_state(rt, job_id)
     if state is None:
         _finish_lost(rt, job_id)
         return
-    advance_fn, partial = KINDS[state.spec.kind]
     try:
-        if state.ctx.cancelled(force=True):
+        advance_fn, partial = KINDS[state.spec.kind]
+        if state.cancelled:
             nxt: Stage | Outcome = Outcome("cancelled", result=partial(state))
         else:
             nxt = advance_fn(state, stage)
@@ -314,23 +302,25 @@ def spec_from_doc(job_id: str, doc: dict[str, Any]) -> JobSpec:
 
 
 def load_state(rt: Runtime, job_id: str) -> PipeState | None:
-    raw = {_text(k): v for k, v in rt.redis.hgetall(state_key(job_id)).items()}
+    with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(state_key(job_id))
+        pipe.exists(cancel_key(job_id))
+        everything, cancelled = pipe.execute()
+    raw = {_text(k): v for k, v in everything.items()}
     if "spec" not in raw:
         return None
     doc = json.loads(raw["spec"])
     spec = spec_from_doc(job_id, doc)
     records = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("call:")}
     ctx = JobContext(job_id=job_id, account_id=spec.account_id, runtime=rt)
-    return PipeState(spec, doc.get("queue", DEFAULT_QUEUE), records, ctx)
+    return PipeState(spec, doc.get("queue", DEFAULT_QUEUE), records, ctx, bool(cancelled))
 
 
 def conclude(state: PipeState, outcome: Outcome, rt: Runtime) -> None:
     """Finish the job (``finish`` ends a job once: a redelivered body finds it final and
     writes nothing), then drop the pipeline's state."""
     outcome.calls = state.calls()
-    _pt("finishing", state.spec.id)
     finish(state.spec, outcome, rt)
-    _pt("finished", state.spec.id)
     cleanup(rt, celery, state.spec.id)
 
 
@@ -379,11 +369,3 @@ def broken_task(job_id: str, stage: str) -> None:
     # Called with the failure when a header was revoked; the body's work is the same.
     advance(job_id, stage)
 
-
-from celery.signals import task_prerun  # noqa: E402
-
-
-@task_prerun.connect
-def _pre(sender=None, task_id=None, args=None, **kw):  # type: ignore[no-untyped-def]
-    if args:
-        _pt("prerun", args[1] if sender.name == "chorus.pipeline_next" else args[0], sender.name)

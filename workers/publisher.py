@@ -60,7 +60,9 @@ class CoalescingPublisher:
 
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int) -> None:
         self._client = client
-        self._script = client.register_script(_APPEND_PUBLISH)
+        # EVALSHA directly: a registered Script in a pipeline costs an extra SCRIPT EXISTS
+        # round trip on every execute.
+        self._sha = ""
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
@@ -95,16 +97,18 @@ class CoalescingPublisher:
         delay = 0.05
         while True:
             try:
+                if not self._sha:
+                    self._sha = str(self._client.script_load(_APPEND_PUBLISH))
                 pipe = self._client.pipeline(transaction=False)
                 for job_id, items in batch.items():
                     ttl = self._final_ttl_ms if job_id in final else self._ttl_ms
-                    self._script(
-                        keys=[events.events_key(job_id)],
-                        args=[events.channel(job_id), ttl, *items],
-                        client=pipe,
-                    )
+                    pipe.evalsha(self._sha, 1, events.events_key(job_id),
+                                 events.channel(job_id), ttl, *items)
                 pipe.execute()
                 return
+            except redis.exceptions.NoScriptError:
+                # Redis restarted and forgot the script: load it again, then retry.
+                self._sha = ""
             except redis.RedisError as exc:
                 # Events must not be dropped: keep the batch and retry until Redis is back.
                 log.warning("publishing %d job batches failed, retrying: %s", len(batch), exc)

@@ -32,7 +32,7 @@ def provider_of(model_id: str) -> str:
 
 def everything_in_postgres(stack: Stack) -> str:
     engine = get_engine(stack.database_url)
-    out = []
+    out: list[str] = []
     with engine.connect() as conn:
         for table in inspect(engine).get_table_names():
             rows = conn.execute(text(f'SELECT row_to_json(t)::text FROM "{table}" t')).scalars()
@@ -44,7 +44,8 @@ def everything_in_redis(stack: Stack) -> str:
     r = redis.Redis.from_url(stack.redis_url)
     out: list[str] = []
     for name in r.scan_iter(count=1000):
-        kind = r.type(name).decode()
+        raw_kind = r.type(name)
+        kind = raw_kind if isinstance(raw_kind, str) else raw_kind.decode()
         if kind == "string":
             out.append(repr(r.get(name)))
         elif kind == "list":

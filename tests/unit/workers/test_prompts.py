@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,12 @@ from workers import prompts
 from workers.blend import chain_steps, temperatures
 from workers.providers.base import estimate_tokens, messages_text
 
-CONVO = [{"role": "system", "content": "You are terse."},
+CONVO: list[dict[str, Any]] = [{"role": "system", "content": "You are terse."},
          {"role": "user", "content": "Why is the sky blue?"}]
 ANSWERS = ["Rayleigh scattering of $HOME {braces}.", "Because of the atmosphere."]
 
 
-def _system(messages: list[dict[str, object]]) -> str:
+def _system(messages: list[dict[str, Any]]) -> str:
     assert messages[0]["role"] == "system"
     return str(messages[0]["content"])
 
@@ -105,7 +106,7 @@ def test_judge_reask_quotes_the_unusable_reply() -> None:
     assert "A, B" in str(out[3]["content"])
 
 
-def _overhead(messages: list[dict[str, object]], base: list[dict[str, object]]) -> int:
+def _overhead(messages: list[dict[str, Any]], base: list[dict[str, Any]]) -> int:
     return estimate_tokens(messages_text(messages)) - estimate_tokens(messages_text(base))
 
 

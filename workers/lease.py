@@ -1,0 +1,58 @@
+"""A running job's lease: proof in Redis that a live worker owns it.
+
+The broker hands an unacknowledged task to another worker once its visibility timeout
+passes, which for a long stream happens while the first worker is still running it.
+The owner refreshes the lease while it works; a second delivery that finds the lease
+held leaves the job alone, and one that finds it expired (the owner died) takes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+
+import gevent
+import redis
+
+LEASE_S = 15
+REFRESH_S = 5
+_OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _key(job_id: str) -> str:
+    return f"chorus:job:{job_id}:lease"
+
+
+class JobBusy(Exception):
+    """Another live worker holds the job's lease; try again once it could have lapsed."""
+
+
+class Lease:
+    def __init__(self, client: redis.Redis, job_id: str) -> None:
+        self._client = client
+        self._job_id = job_id
+        self._keeper: gevent.Greenlet | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease unless a live worker holds it."""
+        taken = bool(self._client.set(_key(self._job_id), _OWNER, nx=True, ex=LEASE_S))
+        if taken:
+            self._keeper = gevent.spawn(self._keep)
+        return taken
+
+    def _keep(self) -> None:
+        while True:
+            gevent.sleep(REFRESH_S)
+            try:
+                self._client.set(_key(self._job_id), _OWNER, ex=LEASE_S)
+            except redis.RedisError:
+                continue
+
+    def release(self) -> None:
+        if self._keeper is not None:
+            self._keeper.kill(block=False)
+            self._keeper = None
+        with contextlib.suppress(redis.RedisError):
+            self._client.delete(_key(self._job_id))
