@@ -60,6 +60,9 @@ def sse_response(
 
     def generate() -> Iterator[bytes]:
         finished = False
+        # An SSE comment first, so the status line and X-Chorus-Job-Id reach the client at
+        # once: one that drops before the first token can still resume by job id.
+        yield events.OPENING_FRAME
         try:
             for batch in follow_batches(relay, client, job_id, after):
                 if batch is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 DONE_FRAME = b"data: [DONE]\n\n"
 KEEPALIVE_FRAME = b": keepalive\n\n"
+OPENING_FRAME = b": chorus\n\n"
 
 
 def events_key(job_id: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from celery import Celery, chain, chord, current_task
+from celery import Celery, Task, chain, chord, current_task
 
 from shared.db import session_scope
 from shared.events import cancel_key
@@ -32,6 +32,7 @@ from workers.app import celery
 from workers.calls import CallResult, JobContext, run_model_call
 from workers.chat import chat_call
 from workers.jobs import FINAL, JobSpec, Outcome, finish, job_context
+from workers.lease import REFRESH_S, JobBusy, Lease
 from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
 
@@ -150,10 +151,12 @@ def call_summary(rec: Record) -> dict[str, Any]:
     return out
 
 
+NOT_RUN = {"code": "not_run", "message": "the call did not run"}
+
+
 def missing_summary(step_model: str, **tags: Any) -> dict[str, Any]:
     """The summary of a call that never ran (its task was revoked or the job cancelled)."""
-    return {"model": step_model, **tags,
-            "error": {"code": "not_run", "message": "the call did not run"}}
+    return {"model": step_model, **tags, "error": NOT_RUN}
 
 
 # --- starting and advancing -------------------------------------------------------------
@@ -214,21 +217,41 @@ class StepError(Exception):
 
 
 def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Record:
-    """One chord header: stream the step's model call and store its record. Never raises."""
+    """One chord header: stream the step's model call and store its record.
+
+    Never raises for a failed call; raises ``JobBusy`` when another live worker is running
+    this very step (the broker redelivered a long call), so the task looks again later.
+    """
     rt = rt or get_runtime()
     step = Step.from_json(raw)
+    lease = Lease(rt.redis, f"{job_id}:{step.key}")
+    if not lease.acquire():
+        raise JobBusy(f"{job_id}:{step.key}")
+    try:
+        return _run_leased_step(job_id, step, rt)
+    finally:
+        lease.release()
+
+
+def _run_leased_step(job_id: str, step: Step, rt: Runtime) -> Record:
     tags = {"role": step.role, "layer": step.layer, **step.tags}
     try:
         quoted_keys = [*step.inputs, *step.running]
-        # One round trip for the request, the quoted answers and the cancel flag.
+        # One round trip for the request, this step's record if it already ran, the
+        # quoted answers and the cancel flag.
         with rt.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(state_key(job_id), ["spec", *(f"call:{k}" for k in quoted_keys)])
+            pipe.hmget(state_key(job_id),
+                       ["spec", f"call:{step.key}", *(f"call:{k}" for k in quoted_keys)])
             pipe.exists(cancel_key(job_id))
             values, cancelled = pipe.execute()
         if values[0] is None:
-            raise LookupError("pipeline state expired")
+            # The job is over (or its state expired): a late copy of the step does nothing.
+            return {"model": step.model, **tags, "key": step.key, "error": NOT_RUN}
+        if values[1] is not None:
+            # A redelivered step that already ran: hand on its record, call nothing again.
+            return _chord_result(json.loads(values[1]))
         spec = spec_from_doc(job_id, json.loads(values[0]))
-        quoted = {k: json.loads(v) for k, v in zip(quoted_keys, values[1:], strict=True) if v}
+        quoted = {k: json.loads(v) for k, v in zip(quoted_keys, values[2:], strict=True) if v}
         ctx, refused = job_context(spec, rt)
         if refused is not None and refused.error is not None:
             raise StepError(refused.error)
@@ -250,20 +273,31 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
             error = {"code": "internal_error",
                      "message": f"the call could not run: {type(exc).__name__}"}
         record = {"model": step.model, "provider": "", **tags, "key": step.key, "error": error}
+        shown = {k: v for k, v in tags.items() if v is not None}
         _safe(lambda: rt.publisher.publish(job_id, {"event": "error", "model": step.model,
-                                                    **_present(tags), "error": error}))
-    _safe(lambda: rt.redis.hset(state_key(job_id), f"call:{step.key}", json.dumps(record)))
+                                                    **shown, "error": error}))
+    _safe(lambda: _store(rt, job_id, step.key, record))
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
+    return _chord_result(record)
+
+
+# Into a live pipeline only: a call that outlived its job must not recreate its state.
+_STORE = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end")
+
+
+def _store(rt: Runtime, job_id: str, key: str, record: Record) -> None:
+    rt.redis.eval(_STORE, 1, state_key(job_id), f"call:{key}", json.dumps(record))
+
+
+def _chord_result(record: Record) -> Record:
+    """What the chord carries: the record without its text (which stays in the state)."""
     return {k: v for k, v in record.items() if k not in ("text", "tool_calls")}
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _present(tags: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in tags.items() if v is not None}
 
 
 def _safe(fn: Callable[[], object]) -> None:
@@ -354,9 +388,12 @@ def revoke_canvas(app: Celery, client: redis.Redis, job_id: str) -> int:
 # --- the Celery tasks: thin wrappers over the functions above ---------------------------
 
 
-@celery.task(name="chorus.model_call", ignore_result=False)
-def model_call_task(job_id: str, step: dict[str, Any]) -> Record:
-    return run_step(job_id, step)
+@celery.task(name="chorus.model_call", ignore_result=False, bind=True, max_retries=None)
+def model_call_task(self: Task, job_id: str, step: dict[str, Any]) -> Record:
+    try:
+        return run_step(job_id, step)
+    except JobBusy as exc:
+        raise self.retry(countdown=REFRESH_S, exc=exc) from exc
 
 
 @celery.task(name="chorus.pipeline_next", ignore_result=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,10 +19,12 @@ import redis
 from sqlalchemy import func, select
 
 from shared.db import session_scope
-from shared.settings import PACKAGE_DIR
+from shared.settings import PACKAGE_DIR, get_settings
 from shared.tables import Account, Job
-from tests.sse import stream_post
+from tests.sse import iter_sse, read_stream, stream_post
 from tests.stack import Stack, claim_redis_db, release_redis_db
+from workers.app import make_celery
+from workers.pipeline import Step
 
 MSG = [{"role": "user", "content": "Compare yourselves."}]
 THREE = ["gpt-5-mini", "gemini-3-flash", "deepseek-v3.2"]
@@ -161,6 +165,40 @@ def test_pipeline_state_is_gone_when_the_job_ends(stack: Stack, mock: httpx.Clie
         job = session.get(Job, job_id)
         assert job is not None and job.status == "succeeded" and job.result is not None
         assert "results" not in job.result and job.result["summary"]["answered"] == 3
+
+
+def test_a_redelivered_call_is_made_once(stack: Stack, api: httpx.Client,
+                                         mock: httpx.Client) -> None:
+    """The broker hands an unacknowledged task out again after its visibility timeout, so
+    a long call can arrive twice: the copy waits for the running one and calls nothing."""
+    mock.post("/_mock/config", json={"model": "*", "ttft_ms": 20, "token_ms": 40, "tokens": 25})
+    settings = dataclasses.replace(get_settings(), redis_url=stack.redis_url,
+                                   broker_url=stack.redis_url)
+    step = Step(key="M:gpt-5-mini", model="gpt-5-mini", role="candidate", prompt="compare")
+    body = {"models": ["gpt-5-mini", "deepseek-v3.2"], "messages": MSG, "stream": True}
+    with api.stream("POST", "/api/v1/compare", json=body) as resp:
+        job_id = resp.headers["X-Chorus-Job-Id"]
+        events = []
+        for _seq, data in iter_sse(resp):
+            if data == "[DONE]":
+                break
+            events.append(json.loads(data))
+            if len(events) == 3:
+                copy = make_celery(settings).send_task(
+                    "chorus.model_call", args=[job_id, step.to_json()], queue="interactive")
+    log = stack.logs / "worker.log"
+    deadline = time.monotonic() + 10
+    while f"{copy.id}] succeeded" not in log.read_text():
+        assert time.monotonic() < deadline, "the copy never ended"
+        time.sleep(0.1)
+    calls = mock.get("/_mock/stats").json()["calls"]
+    assert calls == {"gpt-5-mini": 1, "deepseek-chat": 1}
+    assert [e["model"] for e in events if e["event"] == "chunk" and e["done"]] in (
+        ["gpt-5-mini", "deepseek-v3.2"], ["deepseek-v3.2", "gpt-5-mini"])
+    # Nothing was published for the job after its final event.
+    with api.stream("GET", f"/api/v1/jobs/{job_id}/events") as again:
+        replay = read_stream(again)
+    assert replay.events == events and replay.events[-1]["final"]
 
 
 def _wallet(stack: Stack, account: str) -> tuple[Decimal, Decimal, int]:
