@@ -192,7 +192,8 @@ def section(result: list[dict[str, Any]], command: str, procs: int, load: float)
         "Targets (p50 added by orchestration): compare of 9 <= 15 ms: "
         f"{_verdict(by, 'compare 9', 15)}; MoA 3x6 <= 50 ms: {_verdict(by, 'moa 3x6', 50)}.", "",
         "Where it goes: each stage publishes one Celery message per call, and one worker "
-        "process picks them up one after another (hence the gap between a shuffled order "
+        "process picks them up one after another, each taking a lease so a redelivered "
+        "call never runs twice (hence the gap between a shuffled order "
         "and the slowest model last); the last call's chord join and the hop to the body "
         "task; and a larger `finish` (one request-log row per call). MoA pays the first two "
         "once per stage (4 stages).", "",

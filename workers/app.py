@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.settings import Settings, get_settings
+from workers import requeue
 
 QUEUES = ("interactive", "batch")
 
@@ -31,9 +32,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
             # kombu's default pool of 10 starves hundreds of greenlets acking at once.
             "max_connections": settings.worker_concurrency + 50,
             "visibility_timeout": settings.broker_visibility_timeout_s,
-            # The gevent pool drains the broker synchronously; scan for unacknowledged
-            # messages past their timeout on every idle poll, not every tenth.
-            "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"max_connections": settings.worker_concurrency + 50},
         # Under the gevent pool every greenlet is a "thread": without this each chord task
@@ -56,3 +54,4 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 celery = make_celery()
+requeue.install(celery, get_settings().broker_visibility_timeout_s)
