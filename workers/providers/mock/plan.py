@@ -176,10 +176,33 @@ def _tool_call(tool: ToolSpec, rng: random.Random) -> ToolCall:
     return ToolCall(id=call_id, name=tool.name, arguments=args, fragments=_fragments(args))
 
 
+_LABEL = re.compile(r'<answer label="([A-Z])">')
+
+
+def _verdict(prompt: str, rng: random.Random) -> str | None:
+    """Asked to score labelled answers (a judge prompt), answer like a judge would, so
+    the one-machine start's judge endpoint works without scripted replies."""
+    if '"scores"' not in prompt:
+        return None
+    labels = list(dict.fromkeys(_LABEL.findall(prompt)))
+    if not labels:
+        return None
+    scores = [{"label": label, "score": rng.randint(4, 10),
+               "reason": f"Answer {label} is {rng.choice(_REASONS)}."} for label in labels]
+    return json.dumps({"scores": scores})
+
+
+_REASONS = ("clear and correct", "mostly right but thin", "thorough", "accurate but verbose",
+            "helpful with small gaps")
+
+
 def _content_tokens(req: MockRequest, profile: Profile, reply: str | None) -> list[str]:
     rng = _rng(req.model, req.prompt_text)
     if reply is not None:
         return split_tokens(reply)
+    verdict = _verdict(req.prompt_text, rng)
+    if verdict is not None:
+        return split_tokens(verdict)
     if req.json_mode:
         obj: dict[str, Any]
         if req.json_schema and req.json_schema.get("properties"):
