@@ -5,6 +5,7 @@ worker), then for each concurrency streams the same chat straight from the mock 
 through Chorus, side by side in one run.
 
     .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 2]
+        [--worker-processes 1] [--worker-concurrency 300]
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ PROFILE = {"model": UPSTREAM, "ttft_ms": 50, "token_ms": 5, "tokens": 50}
 LEVELS = [(1, 40), (50, 1000), (200, 1200)]
 
 
-def boot(tmp: Path, web_workers: int, worker_concurrency: int) -> tuple[Stack, str]:
+def boot(tmp: Path, web_workers: int, worker_concurrency: int,
+         worker_processes: int = 1) -> tuple[Stack, str]:
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     db_url = create_pg_database()
@@ -55,7 +57,8 @@ def boot(tmp: Path, web_workers: int, worker_concurrency: int) -> tuple[Stack, s
     s.procs["mock"] = start(["workers.providers.mock", "--port", str(mock_port)], env,
                             tmp / "mock.log")
     wait_http(f"{mock_url}/_mock/health", s.procs["mock"], tmp / "mock.log")
-    s.start_worker(concurrency=worker_concurrency)
+    for i in range(worker_processes):
+        s.start_worker(f"worker{i}" if i else "worker", concurrency=worker_concurrency)
     s.url = s.start_api(workers=web_workers)
     return s, token
 
@@ -122,9 +125,10 @@ def main() -> None:
     ap.add_argument("--requests-scale", type=float, default=1.0)
     ap.add_argument("--web-workers", type=int, default=2)
     ap.add_argument("--worker-concurrency", type=int, default=300)
+    ap.add_argument("--worker-processes", type=int, default=1)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
-    s, token = boot(tmp, args.web_workers, args.worker_concurrency)
+    s, token = boot(tmp, args.web_workers, args.worker_concurrency, args.worker_processes)
     try:
         key = s.create_key(credits=10_000_000, tier="paid")
         httpx.post(f"{s.mock_url}/_mock/config", json=PROFILE).raise_for_status()

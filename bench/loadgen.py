@@ -106,7 +106,9 @@ async def run(
     concurrency: int,
     requests: int,
     expect_tokens: int,
+    timeout_s: float = 120.0,
 ) -> Run:
+    """``requests`` requests over ``concurrency`` loops; each is bounded by ``timeout_s``."""
     queue = list(range(requests))
     out = Run(label, concurrency, 0.0)
 
@@ -114,7 +116,11 @@ async def run(
         while queue:
             queue.pop()
             url, body, headers = make()
-            out.results.append(await one(url, body, headers, expect_tokens))
+            try:
+                res = await asyncio.wait_for(one(url, body, headers, expect_tokens), timeout_s)
+            except TimeoutError:
+                res = Result(False, 0, timeout_s * 1000, 0, f"no end within {timeout_s} s")
+            out.results.append(res)
 
     start = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))

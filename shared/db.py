@@ -46,7 +46,15 @@ def make_engine(url: str) -> Engine:
         patch_psycopg()
     # Bounded so N API + M worker processes stay under PostgreSQL's max_connections;
     # no pre-ping (a round trip per checkout): stale connections are recycled instead.
-    return create_engine(url, pool_size=10, max_overflow=15, pool_recycle=1800, pool_timeout=30)
+    import os
+
+    return create_engine(
+        url,
+        pool_size=int(os.environ.get("CHORUS_DB_POOL_SIZE") or 10),
+        max_overflow=int(os.environ.get("CHORUS_DB_MAX_OVERFLOW") or 5),
+        pool_recycle=1800,
+        pool_timeout=30,
+    )
 
 
 def _resolve(url: str | None) -> str:

@@ -203,6 +203,33 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
         rt.redis.delete(events.request_key(spec.id))
 
 
+def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:
+    """The job cannot be run (its dependencies kept failing): end it as failed, release
+    its hold, and tell its clients, as far as whatever is still up allows."""
+    rt = rt or get_runtime()
+    log.error("giving up on job %s: %s", job_id, exc)
+    error = {"code": "unavailable", "message": "a dependency of Chorus failed; nothing was "
+             "charged", "http_status": 503}
+    try:
+        with session_scope() as session:
+            ended = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.not_in(FINAL))
+                .values(status="failed", error=error, finished_at=datetime.now(UTC))
+            )
+            if ended.rowcount == 0:  # type: ignore[attr-defined]
+                return
+            charged = ledger.settle(session, job_id, Decimal(0))
+            session.execute(update(Job).where(Job.id == job_id).values(credits_charged=charged))
+    except Exception:
+        log.exception("could not record the failure of job %s", job_id)
+    try:
+        rt.publisher.publish(job_id, final_event_for(job_id, "failed", {}, error, Decimal(0),
+                                                     None))
+        rt.publisher.flush()
+    except Exception:
+        log.exception("could not announce the failure of job %s", job_id)
+
+
 def run_job(job_id: str, rt: Runtime | None = None) -> None:
     rt = rt or get_runtime()
     lease = Lease(rt.redis, job_id)
