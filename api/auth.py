@@ -17,7 +17,8 @@ CACHE_TTL_S = 10.0
 _cache: dict[str, tuple[keys.KeyOwner, float]] = {}
 
 
-def _lookup(token: str) -> keys.KeyOwner | None:
+def lookup_key(token: str) -> keys.KeyOwner | None:
+    """The key's owner, from the process cache or the database (503 if it is down)."""
     digest = keys.hash_key(token)
     hit = _cache.get(digest)
     now = time.monotonic()
@@ -40,7 +41,7 @@ def authenticate() -> keys.KeyOwner:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "missing bearer key")
-    owner = _lookup(token.strip())
+    owner = lookup_key(token.strip())
     if owner is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     g.owner = owner

@@ -191,13 +191,13 @@ def client_ip(trusted_proxies: int) -> str:
 
 def _owner() -> KeyOwner | None:
     """The key's owner if the request carries a valid key (shares ``api.auth``'s cache)."""
-    from api.auth import _lookup
+    from api.auth import lookup_key
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     # A database outage raises a 503 here: without the key's tier there is no limit.
-    return _lookup(token.strip())
+    return lookup_key(token.strip())
 
 
 def _limit() -> None:

@@ -36,16 +36,17 @@ def parse_body(model: type[T]) -> T:
         raise bad_request(f"body is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
         raise bad_request("body must be a JSON object")
+    return validate_json(model, raw)
+
+
+def validate_json(model: type[T], raw: str | bytes) -> T:
+    """Validate a JSON object strictly; the first problem becomes a 400 naming its field."""
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        return _raise(bad_request(f"{param or 'body'}: {first['msg']}", param))
-
-
-def _raise(err: ApiError) -> Any:
-    raise err
+        raise bad_request(f"{param or 'body'}: {first['msg']}", param) from exc
 
 
 def check_models(ids: list[str], registry: Registry, param: str) -> None:

@@ -20,20 +20,18 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_sock import Sock
 from gevent.lock import Semaphore
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from simple_websocket import ConnectionClosed
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.routing import WebsocketMismatch
 
-from api.auth import authenticate
+from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import load_job, request_cancel, start_job
 from api.ratelimit import RateLimiter, client_ip
 from api.relay import Relay, follow
 from api.streaming import on_disconnect
-from api.submit import enqueue
+from api.submit import enqueue, validate_json
 from shared import events, keys
-from shared.db import session_scope
 from shared.schemas import JOB_KINDS
 from shared.settings import Settings
 
@@ -59,20 +57,11 @@ def error_message(client_id: str | None, err: ApiError) -> dict[str, Any]:
 
 def validate(model: type[M], payload: dict[str, Any]) -> M:
     """The REST endpoints' strict validation, applied to a message instead of a body."""
-    try:
-        return model.model_validate_json(json.dumps(payload), strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise bad_request(f"{param or 'body'}: {first['msg']}", param) from exc
+    return validate_json(model, json.dumps(payload))
 
 
 def owner_for_key(token: str) -> keys.KeyOwner:
-    try:
-        with session_scope() as session:
-            owner = keys.lookup(session, token.strip())
-    except SQLAlchemyError as exc:
-        raise unavailable("database") from exc
+    owner = lookup_key(token.strip())
     if owner is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     return owner
