@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, update
 
 from shared import byok, events, ledger
 from shared.db import session_scope
@@ -36,6 +36,8 @@ class JobSpec:
     zero_retention: bool
     # Providers whose calls run on the account's own key (names only; keys load in run_job).
     byok: list[str] = field(default_factory=list)
+    # The cancel flag was already up when the job was claimed.
+    cancelled: bool = False
 
 
 @dataclass
@@ -66,12 +68,15 @@ def claim(job_id: str, rt: Runtime) -> JobSpec | None:
     One UPDATE ... RETURNING on the hot path. A job whose request is not in the database
     belongs to a zero-retention account: its request waits in Redis instead.
     """
+    table = cast(Table, Job.__table__)
+    jobs = table.c
     with session_scope() as session:
-        row = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        # Core, not the ORM's bulk update: this is on every job's path to its first token.
+        row = session.connection().execute(
+            update(table)
+            .where(jobs.id == job_id, jobs.status.in_(("queued", "running")))
             .values(status="running", started_at=datetime.now(UTC))
-            .returning(Job.kind, Job.account_id, Job.request, Job.byok)
+            .returning(jobs.kind, jobs.account_id, jobs.request, jobs.byok)
         ).first()
         if row is None:
             job = session.get(Job, job_id)
@@ -82,13 +87,20 @@ def claim(job_id: str, rt: Runtime) -> JobSpec | None:
             return None
     kind, account_id, body, own = row
     zero_retention = body is None
+    # One round trip for what Redis knows: earlier events, the cancel flag, the request.
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.exists(events.events_key(job_id))
+    pipe.exists(events.cancel_key(job_id))
     if zero_retention:
-        raw = rt.redis.get(events.request_key(job_id))
-        body = json.loads(raw) if raw else {}
-    if rt.redis.exists(events.events_key(job_id)):
+        pipe.get(events.request_key(job_id))
+    found = pipe.execute()
+    if zero_retention:
+        body = json.loads(found[2]) if found[2] else {}
+    if found[0]:
         # A worker died mid-job: tell clients the answer restarts from scratch.
         rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})
-    return JobSpec(job_id, kind, account_id, body, zero_retention, own or [])
+    return JobSpec(job_id, kind, account_id, body, zero_retention, own or [],
+                   cancelled=bool(found[1]))
 
 
 def load_own_keys(account_id: int, providers: list[str], rt: Runtime) -> dict[str, str]:
@@ -254,7 +266,7 @@ def _run_leased(job_id: str, rt: Runtime) -> None:
     elif not spec.body:
         outcome = Outcome("failed", error={"code": "request_expired",
                                            "message": "the job's request is no longer stored"})
-    elif ctx.cancelled(force=True):
+    elif spec.cancelled:
         outcome = Outcome("cancelled")
     else:
         try:
