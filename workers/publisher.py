@@ -56,7 +56,8 @@ class SyncPublisher:
 
 
 class CoalescingPublisher:
-    """One greenlet per process drains a queue of pending events, job by job, in order."""
+    """Writes inline when no write is in flight; otherwise queues for the greenlet that is
+    writing, which drains the queue, job by job and in order, before it returns."""
 
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int) -> None:
         self._client = client
@@ -67,31 +68,32 @@ class CoalescingPublisher:
         self._final_ttl_ms = ttl_after_final_s * 1000
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._final: set[str] = set()
-        self._wake = Event()
+        self._writing = False
         self._idle = Event()
         self._idle.set()
-        self._loop = gevent.spawn(self._run)
 
     def publish(self, job_id: str, event: dict[str, Any]) -> None:
         self._pending.setdefault(job_id, []).append(events.encode(event))
         if event.get("final"):
             self._final.add(job_id)
+        if self._writing:
+            return
+        # No hand-off to another greenlet: an idle stream costs one round trip per event
+        # and no extra wake-up of the event loop.
+        self._writing = True
         self._idle.clear()
-        self._wake.set()
-
-    def flush(self) -> None:
-        """Block until everything published so far is in Redis."""
-        self._idle.wait()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
+        try:
             while self._pending:
                 batch, self._pending = self._pending, OrderedDict()
                 final, self._final = self._final, set()
                 self._write(batch, final)
+        finally:
+            self._writing = False
             self._idle.set()
+
+    def flush(self) -> None:
+        """Block until everything published so far is in Redis."""
+        self._idle.wait()
 
     def _write(self, batch: OrderedDict[str, list[str]], final: set[str]) -> None:
         delay = 0.05
