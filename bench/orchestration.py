@@ -179,7 +179,7 @@ def section(result: list[dict[str, Any]], command: str, procs: int, load: float)
     by = {r["job"]: r for r in result}
     return "\n".join([
         SECTION, "",
-        f"Command (2 CPUs, shared with other sessions: 1-minute load average up to {load:.2f} "
+        f"Command (2 CPUs, shared with other work: 1-minute load average up to {load:.2f} "
         f"during the run; {procs} Celery worker process(es), gevent pool of 100):", "",
         f"    {command}", "",
         "One job at a time, chat / compare / moa interleaved. *calls path* = the slowest call "
