@@ -168,8 +168,8 @@ def _texts(step: Step, quoted: dict[str, Record]) -> list[str]:
 
 
 @builder("candidate")
-def _candidate(body: dict[str, Any], _step: Step, _quoted: dict[str, Record],
-               _model: ModelSpec) -> ChatCall:
+def plain_answer(body: dict[str, Any], _step: Step, _quoted: dict[str, Record],
+                 _model: ModelSpec) -> ChatCall:
     # Candidates answer in words for the synthesiser; the response format is the final's.
     call = request_call(body, tools=False)
     call.response_format = None
@@ -179,7 +179,7 @@ def _candidate(body: dict[str, Any], _step: Step, _quoted: dict[str, Record],
 @builder("moa_layer")
 def _moa_layer(body: dict[str, Any], step: Step, quoted: dict[str, Record],
                model: ModelSpec) -> ChatCall:
-    call = _candidate(body, step, quoted, model)
+    call = plain_answer(body, step, quoted, model)
     call.messages = prompts.moa_layer(body["messages"], _texts(step, quoted))
     return call
 
@@ -187,7 +187,7 @@ def _moa_layer(body: dict[str, Any], step: Step, quoted: dict[str, Record],
 @builder("self_moa_sample")
 def _self_moa_sample(body: dict[str, Any], step: Step, quoted: dict[str, Record],
                      model: ModelSpec) -> ChatCall:
-    call = _candidate(body, step, quoted, model)
+    call = plain_answer(body, step, quoted, model)
     call.messages = prompts.self_moa_sample(body["messages"], int(step.tags["sample"]))
     return call
 

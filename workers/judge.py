@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.registry import ModelSpec
 from workers import prompts
+from workers.blend import plain_answer
 from workers.calls import JobContext
 from workers.jobs import JobSpec, Outcome, handler
 from workers.pipeline import (
@@ -35,7 +36,6 @@ from workers.pipeline import (
     is_ok,
     missing_summary,
     register_kind,
-    request_call,
     start,
 )
 from workers.providers.base import ChatCall
@@ -250,12 +250,8 @@ register_kind("judge", advance_judge, judge_result)
 # --- the requests each step sends -------------------------------------------------------
 
 
-@builder("contestant")
-def _contestant(body: dict[str, Any], _step: Step, _quoted: dict[str, Record],
-                _model: ModelSpec) -> ChatCall:
-    call = request_call(body, tools=False)
-    call.response_format = None
-    return call
+# Contestants answer in words, like blend candidates.
+builder("contestant")(plain_answer)
 
 
 @builder("judge")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from shared.migrate import upgrade
 from tests.stack import (
@@ -59,3 +60,18 @@ def api(stack: Stack, key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=30,
                       headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
+
+
+@pytest.fixture
+def clean_breakers(stack: Stack) -> Iterator[None]:
+    """Breaker and model-health state in Redis cleared before and after the test."""
+
+    def reset() -> None:
+        client = redis.Redis.from_url(stack.redis_url)
+        keys = list(client.scan_iter("chorus:model:*"))
+        if keys:
+            client.delete(*keys)
+
+    reset()
+    yield
+    reset()

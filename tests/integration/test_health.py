@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import tomllib
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,17 +22,7 @@ from workers.runtime import Runtime
 MSG = [{"role": "user", "content": "Say something."}]
 
 
-@pytest.fixture(autouse=True)
-def clean_breakers(stack: Stack) -> Iterator[None]:
-    def reset() -> None:
-        client = redis.Redis.from_url(stack.redis_url)
-        keys = list(client.scan_iter("chorus:model:*"))
-        if keys:
-            client.delete(*keys)
-
-    reset()
-    yield
-    reset()
+pytestmark = pytest.mark.usefixtures("clean_breakers")
 
 
 def health(api: httpx.Client) -> dict[str, dict[str, Any]]:

@@ -51,17 +51,7 @@ def workers(stack: Stack) -> Iterator[tuple[str, ...]]:
             stack.start_worker()
 
 
-@pytest.fixture(autouse=True)
-def clean_breakers(stack: Stack) -> Iterator[None]:
-    def reset() -> None:
-        client = redis.Redis.from_url(stack.redis_url)
-        keys = list(client.scan_iter("chorus:model:*"))
-        if keys:
-            client.delete(*keys)
-
-    reset()
-    yield
-    reset()
+pytestmark = pytest.mark.usefixtures("clean_breakers")
 
 
 def fault(mock: httpx.Client, model: str, **kw: Any) -> None:
