@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import ApiError, bad_request, unavailable
-from shared import budgets, byok, events, ledger, pricing
-from shared.db import session_scope
+from shared import budgets, byok, events, ledger, onestatement, pricing
+from shared.db import autocommit, is_postgres, session_scope
 from shared.keys import KeyOwner
 from shared.registry import Registry, RegistryError
 from shared.tables import Job
@@ -70,29 +70,10 @@ def create_job(
         except redis.RedisError as exc:
             raise unavailable("redis") from exc
     try:
-        with session_scope() as session:
-            terms = budgets.terms(session, owner.key_id)
-            own = terms.own_providers if kind in byok.JOB_KINDS else []
-            hold = _worst_case(kind, body, registry, own)
-            session.add(
-                Job(
-                    id=job_id,
-                    account_id=owner.account_id,
-                    key_id=owner.key_id,
-                    kind=kind,
-                    status="queued",
-                    request=None if owner.zero_retention else body,
-                    session_id=body.get("session_id"),
-                    credits_reserved=hold,
-                    byok=own or None,
-                )
-            )
-            session.flush()
-            budgets.reserve(
-                session, terms, account_id=owner.account_id, key_id=owner.key_id,
-                session_id=body.get("session_id"), job_id=job_id, amount=hold,
-            )
-            ledger.reserve(session, owner.account_id, job_id, hold)
+        if is_postgres():
+            hold = _open_in_one_statement(owner, kind, body, registry, job_id)
+        else:
+            hold = _open_in_a_transaction(owner, kind, body, registry, job_id)
     except budgets.BudgetExceeded as exc:
         raise ApiError(
             402,
@@ -114,6 +95,58 @@ def create_job(
     except SQLAlchemyError as exc:
         raise unavailable("database") from exc
     return job_id, hold
+
+
+def _open_in_one_statement(
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
+) -> Decimal:
+    """PostgreSQL: the terms, then the hold, ledger row and job as one statement; with a
+    budget to hold as well, the transaction below."""
+    with autocommit() as conn:
+        terms = budgets.terms(conn, owner.key_id)
+        if terms.key_budget is not None or body.get("session_id") is not None:
+            return _open_in_a_transaction(owner, kind, body, registry, job_id)
+        own = terms.own_providers if kind in byok.JOB_KINDS else []
+        hold = _worst_case(kind, body, registry, own)
+        opened = onestatement.open_job(
+            conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id, kind=kind,
+            request=None if owner.zero_retention else body, session_id=None, hold=hold,
+            byok=own or None,
+        )
+        if not opened:
+            raise ledger.InsufficientCredits(
+                ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
+    return hold
+
+
+def _open_in_a_transaction(
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
+) -> Decimal:
+    """The job row, the budgets' holds and the wallet's, in one transaction."""
+    with session_scope() as session:
+        terms = budgets.terms(session, owner.key_id)
+        own = terms.own_providers if kind in byok.JOB_KINDS else []
+        hold = _worst_case(kind, body, registry, own)
+        session.add(
+            Job(
+                id=job_id,
+                account_id=owner.account_id,
+                key_id=owner.key_id,
+                kind=kind,
+                status="queued",
+                request=None if owner.zero_retention else body,
+                session_id=body.get("session_id"),
+                credits_reserved=hold,
+                byok=own or None,
+            )
+        )
+        session.flush()
+        budgets.reserve(
+            session, terms, account_id=owner.account_id, key_id=owner.key_id,
+            session_id=body.get("session_id"), job_id=job_id, amount=hold,
+        )
+        ledger.reserve(session, owner.account_id, job_id, hold)
+    return hold
 
 
 def _worst_case(kind: str, body: dict[str, Any], registry: Registry, own: list[str]) -> Decimal:

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Table,
     and_,
     bindparam,
@@ -164,10 +165,11 @@ _TERMS = (
 )
 
 
-def terms(session: Session, key_id: int) -> Terms:
+def terms(db: Session | Connection, key_id: int) -> Terms:
     """The key's cap, the account's session cap and its BYOK providers, in one round trip."""
+    conn = db.connection() if isinstance(db, Session) else db
     # Built once and run on the connection: this is on every request's path.
-    rows = session.connection().execute(_TERMS, {"key_id": key_id}).all()
+    rows = conn.execute(_TERMS, {"key_id": key_id}).all()
     if not rows:
         return Terms(None, None, [])
     key_budget, session_budget = rows[0][0], rows[0][1]

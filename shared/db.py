@@ -7,11 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
+_autocommit: dict[str, Engine] = {}
 
 
 def _gevent_patched() -> bool:
@@ -65,6 +66,7 @@ def _resolve(url: str | None) -> str:
     if url not in _engines:
         _engines[url] = make_engine(url)
         _makers[url] = sessionmaker(_engines[url], expire_on_commit=False)
+        _autocommit[url] = _engines[url].execution_options(isolation_level="AUTOCOMMIT")
     return url
 
 
@@ -86,8 +88,23 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def is_postgres(url: str | None = None) -> bool:
+    return _engines[_resolve(url)].dialect.name == "postgresql"
+
+
+@contextmanager
+def autocommit(url: str | None = None) -> Iterator[Connection]:
+    """A pooled connection on which each statement commits by itself.
+
+    For work that is one statement: one round trip instead of BEGIN, statement, COMMIT,
+    and no row lock held while this process gets round to sending the COMMIT."""
+    with _autocommit[_resolve(url)].connect() as conn:
+        yield conn
+
+
 def reset_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
     _makers.clear()
+    _autocommit.clear()

@@ -18,7 +18,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, bindparam, case, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -125,8 +136,8 @@ def grant(session: Session, account_id: int, credits: Decimal, note: str = "") -
     )
 
 
-def wallet(session: Session, account_id: int) -> Wallet:
-    row = session.execute(
+def wallet(db: Session | Connection, account_id: int) -> Wallet:
+    row = db.execute(
         select(Account.balance, Account.reserved).where(Account.id == account_id)
     ).one()
     return Wallet(q(row[0]), q(row[1]))

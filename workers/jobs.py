@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, bindparam, update
 
-from shared import byok, events, ledger
-from shared.db import session_scope
+from shared import byok, events, ledger, onestatement
+from shared.db import autocommit, is_postgres, session_scope
 from shared.pricing import BASE_CREDITS
 from shared.tables import Job, RequestLog
 from workers.calls import CallResult, JobContext
@@ -62,29 +62,33 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
+# One statement, so one round trip in autocommit; Core and built once, not the ORM's bulk
+# update: this is on every job's path to its first token.
+_JOBS = cast(Table, Job.__table__)
+_CLAIM = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status.in_(("queued", "running")))
+    .values(status="running", started_at=bindparam("now", type_=_JOBS.c.started_at.type))
+    .returning(_JOBS.c.kind, _JOBS.c.account_id, _JOBS.c.request, _JOBS.c.byok)
+)
+
+
 def claim(job_id: str, rt: Runtime) -> JobSpec | None:
     """Move the job to running; None if it is already final (a redelivered task).
 
     One UPDATE ... RETURNING on the hot path. A job whose request is not in the database
     belongs to a zero-retention account: its request waits in Redis instead.
     """
-    table = cast(Table, Job.__table__)
-    jobs = table.c
-    with session_scope() as session:
-        # Core, not the ORM's bulk update: this is on every job's path to its first token.
-        row = session.connection().execute(
-            update(table)
-            .where(jobs.id == job_id, jobs.status.in_(("queued", "running")))
-            .values(status="running", started_at=datetime.now(UTC))
-            .returning(jobs.kind, jobs.account_id, jobs.request, jobs.byok)
-        ).first()
-        if row is None:
+    with autocommit() as conn:
+        row = conn.execute(_CLAIM, {"job_id": job_id, "now": datetime.now(UTC)}).first()
+    if row is None:
+        with session_scope() as session:
             job = session.get(Job, job_id)
             if job is None:
                 log.warning("job %s does not exist", job_id)
             else:
                 _republish_final(job, rt)
-            return None
+        return None
     kind, account_id, body, own = row
     zero_retention = body is None
     # One round trip for what Redis knows: earlier events, the cancel flag, the request.
@@ -170,6 +174,50 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
     stored = outcome.result
     if spec.zero_retention:
         stored = {k: v for k, v in outcome.result.items() if k not in CONTENT_FIELDS}
+    calls = [_log_row(c) for c in outcome.calls]
+    if is_postgres():
+        with autocommit() as conn:
+            charged = onestatement.close_job(
+                conn, job_id=spec.id, status=outcome.status, result=stored,
+                error=outcome.error, resolved_model=outcome.resolved_model, calls=calls,
+                price=cost,
+            )
+    else:
+        charged = _finish_in_a_transaction(spec, outcome, stored, calls, cost)
+    if charged is None:
+        log.info("job %s already ended; not finishing it again", spec.id)
+        return
+    rt.publisher.publish(
+        spec.id,
+        final_event_for(spec.id, outcome.status, outcome.result, outcome.error, charged,
+                        outcome.resolved_model),
+    )
+    rt.publisher.flush()
+    if spec.zero_retention:
+        rt.redis.delete(events.request_key(spec.id))
+
+
+def _log_row(c: CallResult) -> dict[str, Any]:
+    """The request_log row of one provider call."""
+    return {
+        "model": c.model,
+        "provider": c.provider,
+        "role": c.role or "",
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "ttft_ms": c.ttft_ms,
+        "latency_ms": round(c.latency_ms, 3),
+        "status": "cancelled" if c.cancelled else ("ok" if c.ok else "error"),
+        "cost": c.cost,
+        "error": None if c.error is None else f"{c.error.code}: {c.error.message}"[:500],
+    }
+
+
+def _finish_in_a_transaction(
+    spec: JobSpec, outcome: Outcome, stored: dict[str, Any], calls: list[dict[str, Any]],
+    cost: Decimal,
+) -> Decimal | None:
+    """SQLite: the same writes as ``onestatement.close_job``, step by step."""
     with session_scope() as session:
         ended = session.execute(
             update(Job)
@@ -183,36 +231,13 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
             )
         )
         if ended.rowcount == 0:  # type: ignore[attr-defined]
-            log.info("job %s already ended; not finishing it again", spec.id)
-            return
-        for c in outcome.calls:
-            session.add(
-                RequestLog(
-                    job_id=spec.id,
-                    account_id=spec.account_id,
-                    model=c.model,
-                    provider=c.provider,
-                    role=c.role or "",
-                    prompt_tokens=c.prompt_tokens,
-                    completion_tokens=c.completion_tokens,
-                    ttft_ms=c.ttft_ms,
-                    latency_ms=round(c.latency_ms, 3),
-                    status="cancelled" if c.cancelled else ("ok" if c.ok else "error"),
-                    cost=c.cost,
-                    error=None if c.error is None else f"{c.error.code}: {c.error.message}"[:500],
-                )
-            )
+            return None
+        session.add_all(RequestLog(job_id=spec.id, account_id=spec.account_id, **c)
+                        for c in calls)
         # Settle last: it locks the account row, which concurrent jobs of the account share.
         charged = ledger.settle(session, spec.id, cost)
         session.execute(update(Job).where(Job.id == spec.id).values(credits_charged=charged))
-    rt.publisher.publish(
-        spec.id,
-        final_event_for(spec.id, outcome.status, outcome.result, outcome.error, charged,
-                        outcome.resolved_model),
-    )
-    rt.publisher.flush()
-    if spec.zero_retention:
-        rt.redis.delete(events.request_key(spec.id))
+    return charged
 
 
 def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:

@@ -1,0 +1,130 @@
+"""A job's opening and closing as one PostgreSQL statement each, run in autocommit.
+
+Every job of an account holds and settles credits on the same ``accounts`` row. In a
+transaction of several statements that row stays locked from the ``UPDATE`` until the
+process has received the reply and sent ``COMMIT``; under load that wait is the event
+loop's, and every other request of the account queues behind it. As one statement the
+row is locked only while the server runs it. The writes are the ones ``shared.ledger``
+and ``shared.budgets`` make step by step (the path SQLite keeps), with the same rules:
+the hold is conditional on the balance, a job settles once (the job's status guards it,
+the ledger's unique ``(job_id, kind)`` too), the charge is capped at the hold.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Connection, bindparam, text
+
+from shared.ledger import q
+from shared.tables import CREDITS
+
+_OPEN = text("""
+WITH held AS (
+    UPDATE accounts SET reserved = reserved + :hold
+    WHERE id = :account_id AND balance - reserved >= :hold
+    RETURNING id
+), entry AS (
+    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
+    SELECT id, :job_id, 'reserve', 0, :hold, '', :now FROM held
+), job AS (
+    INSERT INTO jobs (id, account_id, key_id, kind, status, request, session_id,
+                      credits_reserved, byok, created_at)
+    SELECT :job_id, id, :key_id, :kind, 'queued', :request, :session_id, :hold, :byok, :now
+    FROM held
+)
+SELECT count(*) FROM held
+""").bindparams(
+    bindparam("hold", type_=CREDITS),
+    bindparam("request", type_=JSON(none_as_null=True)),
+    bindparam("byok", type_=JSON(none_as_null=True)),
+)
+
+# The charge is the price capped at the job's hold (0 if it never held anything); it is
+# computed once, in ``ended``, and the settle row, the wallet and the budgets follow it.
+_CLOSE = text("""
+WITH reserve AS (
+    SELECT account_id, hold FROM ledger WHERE job_id = :job_id AND kind = 'reserve'
+), ended AS (
+    UPDATE jobs SET status = :status, result = :result, error = :error,
+        resolved_model = :resolved_model, finished_at = :now,
+        credits_charged = COALESCE((SELECT LEAST(hold, :price) FROM reserve), 0)
+    WHERE id = :job_id AND status NOT IN ('succeeded', 'failed', 'cancelled')
+    RETURNING account_id, credits_charged
+), logged AS (
+    INSERT INTO request_log (job_id, account_id, model, provider, role, prompt_tokens,
+        completion_tokens, ttft_ms, latency_ms, status, cost, error, created_at)
+    SELECT :job_id, e.account_id, c.model, c.provider, c.role, c.prompt_tokens,
+        c.completion_tokens, c.ttft_ms, c.latency_ms, c.status, c.cost, c.error, :now
+    FROM ended e, json_to_recordset(CAST(:calls AS json)) AS c(model text, provider text,
+        role text, prompt_tokens int, completion_tokens int, ttft_ms numeric,
+        latency_ms numeric, status text, cost numeric, error text)
+), settled AS (
+    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
+    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
+    FROM reserve r, ended e
+    ON CONFLICT DO NOTHING
+    RETURNING account_id, amount, hold
+), paid AS (
+    UPDATE accounts a SET balance = a.balance + s.amount, reserved = a.reserved + s.hold
+    FROM settled s WHERE a.id = s.account_id
+), holds AS (
+    UPDATE budget_holds h SET charged = -s.amount
+    FROM settled s WHERE h.job_id = :job_id AND h.charged IS NULL
+    RETURNING h.budget_id, h.amount, h.charged
+), spent AS (
+    UPDATE budgets b SET reserved = b.reserved - h.amount, spent = b.spent + h.charged
+    FROM holds h WHERE b.id = h.budget_id
+)
+SELECT credits_charged FROM ended
+""").bindparams(
+    bindparam("price", type_=CREDITS),
+    bindparam("result", type_=JSON),
+    bindparam("error", type_=JSON),
+)
+
+
+def open_job(
+    conn: Connection,
+    *,
+    job_id: str,
+    account_id: int,
+    key_id: int,
+    kind: str,
+    request: dict[str, Any] | None,
+    session_id: str | None,
+    hold: Decimal,
+    byok: list[str] | None,
+) -> bool:
+    """Hold ``hold`` credits, write the ``reserve`` row and store the queued job, or do
+    nothing at all and return False when the wallet cannot cover the hold."""
+    held = conn.execute(_OPEN, {
+        "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
+        "request": request, "session_id": session_id, "hold": q(hold), "byok": byok,
+        "now": datetime.now(UTC),
+    }).scalar_one()
+    return bool(held)
+
+
+def close_job(
+    conn: Connection,
+    *,
+    job_id: str,
+    status: str,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    resolved_model: str | None,
+    calls: list[dict[str, Any]],
+    price: Decimal,
+) -> Decimal | None:
+    """End the job, log its calls and settle its credits and budgets; the amount charged,
+    or None (and nothing written) when the job had already ended."""
+    charged = conn.execute(_CLOSE, {
+        "job_id": job_id, "status": status, "result": result, "error": error,
+        "resolved_model": resolved_model, "calls": json.dumps(calls, default=str),
+        "price": max(Decimal(0), q(price)), "now": datetime.now(UTC),
+    }).scalar_one_or_none()
+    return None if charged is None else Decimal(charged)
