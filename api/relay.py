@@ -8,6 +8,7 @@ sequence gaps (pub/sub drops messages by design) are filled from the replay list
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -46,6 +47,8 @@ class Watch:
 
 
 class Relay:
+    READ_TIMEOUT_S = 1.0
+
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
@@ -54,6 +57,7 @@ class Relay:
         # Holds a refcount change and its (UN)SUBSCRIBE together so they reach Redis in order.
         self._lock = Semaphore()
         self._started = False
+        self._last_read = time.monotonic()
 
     def _start(self) -> None:
         if self._started:
@@ -66,15 +70,26 @@ class Relay:
     def _read_forever(self) -> None:
         while True:
             try:
-                msg = self._pubsub.get_message(timeout=None)
+                # Bounded: a read that waits forever would also wait out a readiness
+                # notification the event loop never delivers (seen under load: the
+                # socket readable, the reader asleep); a timed wait retries the read.
+                msg = self._pubsub.get_message(timeout=self.READ_TIMEOUT_S)
             except redis.RedisError as exc:
                 log.warning("relay subscription lost, reconnecting: %s", exc)
                 gevent.sleep(0.2)
                 continue
             if msg is not None:
                 self._dispatch(msg)
+            elif self._confirm and time.monotonic() - self._last_read > self.READ_TIMEOUT_S:
+                # Subscriptions wait for confirmation yet nothing was read for a while:
+                # start over on a new connection, which subscribes to every channel again.
+                log.warning("relay connection silent with %d subscriptions unconfirmed; "
+                            "reconnecting", len(self._confirm))
+                self._pubsub.connection.disconnect()
+                self._last_read = time.monotonic()
 
     def _dispatch(self, msg: dict[str, object]) -> None:
+        self._last_read = time.monotonic()
         kind = msg["type"]
         ch = msg["channel"]
         name = ch.decode() if isinstance(ch, bytes) else str(ch)
