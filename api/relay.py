@@ -125,6 +125,14 @@ class Relay:
             yield w
         finally:
             with self._lock:
+                if confirmed is not None and not confirmed.is_set():
+                    # Never confirmed: stop waiting for it (or the reader would keep
+                    # reconnecting for a channel nobody watches).
+                    waiting = self._confirm.get(ch, [])
+                    if confirmed in waiting:
+                        waiting.remove(confirmed)
+                    if not waiting:
+                        self._confirm.pop(ch, None)
                 watches = self._watches.get(job_id, set())
                 watches.discard(w)
                 if not watches:
