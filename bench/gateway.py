@@ -109,6 +109,16 @@ async def measure(s: Stack, key: str, scale: float) -> list[dict[str, object]]:
     return rows
 
 
+def machine_speed_s() -> float:
+    """Seconds for a fixed pure-Python loop: shared machines vary in speed from hour to
+    hour, and every number of a run scales with it."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return round(time.perf_counter() - start, 3)
+
+
 def table(rows: list[dict[str, object]]) -> str:
     cols = ["concurrency", "requests", "direct_ttft_p50", "chorus_ttft_p50", "added_ttft_p50",
             "direct_ttft_p99", "chorus_ttft_p99", "added_ttft_p99", "direct_rps", "chorus_rps",
@@ -133,10 +143,13 @@ def main() -> None:
         key = s.create_key(credits=10_000_000, tier="paid")
         httpx.post(f"{s.mock_url}/_mock/config", json=PROFILE).raise_for_status()
         time.sleep(0.5)
+        speed = machine_speed_s()
         rows = asyncio.run(measure(s, key, args.requests_scale))
         print()
         print(table(rows))
         print(f"\npeak RSS of all Chorus processes: {rows[-1]['peak_rss_mb']} MB")
+        print(f"machine speed: 10M-iteration Python loop {speed} s before the run, "
+              f"{machine_speed_s()} s after")
     finally:
         stop(s.procs.pop("mock"))
         s.shutdown()
