@@ -100,20 +100,31 @@ def create_job(
 def _open_in_one_statement(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
 ) -> Decimal:
-    """PostgreSQL: the terms, then the hold, ledger row and job as one statement; with a
-    budget to hold as well, the transaction below."""
+    """PostgreSQL: the hold, ledger row and job as one statement. Usually one round trip:
+    the statement itself checks that no key cap or provider key of the account's own
+    applies; when one does, read the terms and hold what they say (with a cap or a
+    session budget, in the transaction below)."""
+    if body.get("session_id") is not None:
+        return _open_in_a_transaction(owner, kind, body, registry, job_id)
+    request = None if owner.zero_retention else body
+    hold = _worst_case(kind, body, registry, [])
     with autocommit() as conn:
-        terms = budgets.terms(conn, owner.key_id)
-        if terms.key_budget is not None or body.get("session_id") is not None:
-            return _open_in_a_transaction(owner, kind, body, registry, job_id)
-        own = terms.own_providers if kind in byok.JOB_KINDS else []
-        hold = _worst_case(kind, body, registry, own)
         opened = onestatement.open_job(
             conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id, kind=kind,
-            request=None if owner.zero_retention else body, session_id=None, hold=hold,
-            byok=own or None,
+            request=request, session_id=None, hold=hold, byok=None, guarded=True,
         )
-        if not opened:
+        if not opened.plain:
+            terms = budgets.terms(conn, owner.key_id)
+            if terms.key_budget is not None:
+                return _open_in_a_transaction(owner, kind, body, registry, job_id)
+            own = terms.own_providers if kind in byok.JOB_KINDS else []
+            hold = _worst_case(kind, body, registry, own)
+            opened = onestatement.open_job(
+                conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id,
+                kind=kind, request=request, session_id=None, hold=hold, byok=own or None,
+                guarded=False,
+            )
+        if not opened.held:
             raise ledger.InsufficientCredits(
                 ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
     return hold

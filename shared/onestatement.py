@@ -13,6 +13,7 @@ the ledger's unique ``(job_id, kind)`` too), the charge is capped at the hold.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,10 +23,17 @@ from sqlalchemy import JSON, Connection, bindparam, text
 from shared.ledger import q
 from shared.tables import CREDITS
 
+# ``plain``: the key has no cap and the account brings no provider key of its own, so
+# the hold computed without looking is the hold (the common case: one round trip in all).
 _OPEN = text("""
-WITH held AS (
+WITH plain AS (
+    SELECT 1 FROM api_keys k
+    WHERE k.id = :key_id AND k.budget IS NULL
+      AND NOT EXISTS (SELECT 1 FROM provider_keys p WHERE p.account_id = :account_id)
+), held AS (
     UPDATE accounts SET reserved = reserved + :hold
     WHERE id = :account_id AND balance - reserved >= :hold
+      AND (NOT :guarded OR EXISTS (SELECT 1 FROM plain))
     RETURNING id
 ), entry AS (
     INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
@@ -36,7 +44,7 @@ WITH held AS (
     SELECT :job_id, id, :key_id, :kind, 'queued', :request, :session_id, :hold, :byok, :now
     FROM held
 )
-SELECT count(*) FROM held
+SELECT (SELECT count(*) FROM plain), (SELECT count(*) FROM held)
 """).bindparams(
     bindparam("hold", type_=CREDITS),
     bindparam("request", type_=JSON(none_as_null=True)),
@@ -87,6 +95,12 @@ SELECT credits_charged FROM ended
 )
 
 
+@dataclass(frozen=True)
+class Opened:
+    plain: bool  # no key cap, no provider keys of the account's own
+    held: bool  # the job is stored and its credits held
+
+
 def open_job(
     conn: Connection,
     *,
@@ -98,15 +112,17 @@ def open_job(
     session_id: str | None,
     hold: Decimal,
     byok: list[str] | None,
-) -> bool:
+    guarded: bool,
+) -> Opened:
     """Hold ``hold`` credits, write the ``reserve`` row and store the queued job, or do
-    nothing at all and return False when the wallet cannot cover the hold."""
-    held = conn.execute(_OPEN, {
+    nothing at all when the wallet cannot cover the hold or, if ``guarded``, when the key
+    has a cap or the account provider keys (the hold then needs their terms)."""
+    plain, held = conn.execute(_OPEN, {
         "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
         "request": request, "session_id": session_id, "hold": q(hold), "byok": byok,
-        "now": datetime.now(UTC),
-    }).scalar_one()
-    return bool(held)
+        "now": datetime.now(UTC), "guarded": guarded,
+    }).one()
+    return Opened(plain=bool(plain), held=bool(held))
 
 
 def close_job(

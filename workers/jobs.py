@@ -73,7 +73,16 @@ _CLAIM = (
 )
 
 
-def claim(job_id: str, rt: Runtime) -> JobSpec | None:
+@dataclass(frozen=True)
+class Known:
+    """What Redis knows of a job, read in the round trip that takes its lease."""
+
+    had_events: bool  # a worker died mid-job: its clients saw part of an answer
+    cancel: bool
+    stored_request: bytes | None  # a zero-retention account's request
+
+
+def claim(job_id: str, rt: Runtime, known: Known) -> JobSpec | None:
     """Move the job to running; None if it is already final (a redelivered task).
 
     One UPDATE ... RETURNING on the hot path. A job whose request is not in the database
@@ -91,20 +100,13 @@ def claim(job_id: str, rt: Runtime) -> JobSpec | None:
         return None
     kind, account_id, body, own = row
     zero_retention = body is None
-    # One round trip for what Redis knows: earlier events, the cancel flag, the request.
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.exists(events.events_key(job_id))
-    pipe.exists(events.cancel_key(job_id))
     if zero_retention:
-        pipe.get(events.request_key(job_id))
-    found = pipe.execute()
-    if zero_retention:
-        body = json.loads(found[2]) if found[2] else {}
-    if found[0]:
+        body = json.loads(known.stored_request) if known.stored_request else {}
+    if known.had_events:
         # A worker died mid-job: tell clients the answer restarts from scratch.
         rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})
     return JobSpec(job_id, kind, account_id, body, zero_retention, own or [],
-                   cancelled=bool(found[1]))
+                   cancelled=known.cancel)
 
 
 def load_own_keys(account_id: int, providers: list[str], rt: Runtime) -> dict[str, str]:
@@ -270,18 +272,26 @@ def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:
 def run_job(job_id: str, rt: Runtime | None = None) -> None:
     rt = rt or get_runtime()
     lease = Lease(rt.redis, job_id)
-    if not lease.acquire():
+    # One round trip: the lease, and what Redis knows of the job (read while at it; it
+    # counts only once the lease is ours).
+    pipe = rt.redis.pipeline(transaction=False)
+    lease.queue_acquire(pipe)
+    pipe.exists(events.events_key(job_id))
+    pipe.exists(events.cancel_key(job_id))
+    pipe.get(events.request_key(job_id))
+    taken, had_events, cancel, stored = pipe.execute()
+    if not lease.acquired(taken):
         # Its owner may be alive (a long job's second delivery) or just died: look again
         # after the lease could have lapsed, and never drop the job.
         raise JobBusy(job_id)
     try:
-        _run_leased(job_id, rt)
+        _run_leased(job_id, rt, Known(bool(had_events), bool(cancel), stored))
     finally:
         lease.release()
 
 
-def _run_leased(job_id: str, rt: Runtime) -> None:
-    spec = claim(job_id, rt)
+def _run_leased(job_id: str, rt: Runtime, known: Known) -> None:
+    spec = claim(job_id, rt, known)
     if spec is None:
         return
     ctx, refused = job_context(spec, rt)

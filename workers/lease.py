@@ -37,7 +37,17 @@ class Lease:
 
     def acquire(self) -> bool:
         """Take the lease unless a live worker holds it."""
-        taken = bool(self._client.set(_key(self._job_id), _OWNER, nx=True, ex=LEASE_S))
+        pipe = self._client.pipeline(transaction=False)
+        self.queue_acquire(pipe)
+        return self.acquired(pipe.execute()[0])
+
+    def queue_acquire(self, pipe: redis.client.Pipeline) -> None:
+        """Add the taking of the lease to ``pipe``: one round trip with other reads."""
+        pipe.set(_key(self._job_id), _OWNER, nx=True, ex=LEASE_S)
+
+    def acquired(self, reply: object) -> bool:
+        """Whether the queued ``SET`` took the lease; if so, keep it fresh from now on."""
+        taken = bool(reply)
         if taken:
             self._keeper = gevent.spawn(self._keep)
         return taken
