@@ -5,9 +5,9 @@ worker), then for each concurrency streams the same chat straight from the mock 
 through Chorus, side by side in one run.
 
     .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 2]
-        [--worker-processes 2] [--worker-concurrency 300]
+        [--worker-processes 2] [--worker-concurrency 300] [--keys 1]
 
-One Celery worker process per core by default: one process spends about 10 ms of CPU
+One Celery worker process per core by default: one process spends 10-12 ms of CPU
 per streamed request, so a single one cannot carry 100 requests/s on its own.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -74,7 +75,17 @@ def chorus_pids(s: Stack) -> list[int]:
     return pids
 
 
-async def measure(s: Stack, key: str, scale: float) -> list[dict[str, object]]:
+def cpu_by_role(s: Stack) -> dict[str, float]:
+    """CPU seconds so far of the API processes and of the worker processes."""
+    out = {"api": 0.0, "workers": 0.0}
+    for name, proc in s.procs.items():
+        if name != "mock":
+            role = "workers" if name.startswith("worker") else "api"
+            out[role] += procstat.cpu_seconds(procstat.tree_pids(proc.pid))
+    return out
+
+
+async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, object]]:
     direct_url = f"{s.mock_url}/v1/chat/completions"
     direct_body = json.dumps({"model": UPSTREAM, "stream": True,
                               "stream_options": {"include_usage": True},
@@ -82,18 +93,21 @@ async def measure(s: Stack, key: str, scale: float) -> list[dict[str, object]]:
                              ).encode()
     gw_url = f"{s.url}/api/v1/chat"
     gw_body = loadgen.chat_body(MODEL)
-    auth = {"Authorization": f"Bearer {key}"}
+    # Requests take the keys in turn: one key is one account, as a chatbot backend calls.
+    auths = itertools.cycle([{"Authorization": f"Bearer {k}"} for k in keys])
     rows: list[dict[str, object]] = []
     # Warm both paths: connection pools, imports, prepared statements.
-    await loadgen.run("warm", lambda: (gw_url, gw_body, auth), 20, 60, 50)
+    await loadgen.run("warm", lambda: (gw_url, gw_body, next(auths)), 20, 60, 50)
     await loadgen.run("warm", lambda: (direct_url, direct_body, {}), 20, 60, 50)
     for conc, n in LEVELS:
         n = max(conc, int(n * scale))
         direct = await loadgen.run("direct", lambda: (direct_url, direct_body, {}), conc, n, 50)
         pids = chorus_pids(s)
         cpu0 = procstat.cpu_seconds(pids)
-        gw = await loadgen.run("chorus", lambda: (gw_url, gw_body, auth), conc, n, 50)
+        roles0 = cpu_by_role(s)
+        gw = await loadgen.run("chorus", lambda: (gw_url, gw_body, next(auths)), conc, n, 50)
         cpu = procstat.cpu_seconds(chorus_pids(s)) - cpu0
+        roles = {k: v - roles0[k] for k, v in cpu_by_role(s).items()}
         d, g = direct.stats(), gw.stats()
         good = max(1, int(g["requests"]) - int(g["errors"]))
         rows.append({
@@ -105,6 +119,8 @@ async def measure(s: Stack, key: str, scale: float) -> list[dict[str, object]]:
             "direct_rps": d["rps"], "chorus_rps": g["rps"],
             "direct_errors": d["errors"], "chorus_errors": g["errors"],
             "cpu_ms_per_request": round(cpu * 1000 / good, 2),
+            "api_cpu_ms": round(roles["api"] * 1000 / good, 2),
+            "workers_cpu_ms": round(roles["workers"] * 1000 / good, 2),
             "errors_sample": [r.error for r in gw.results if not r.ok][:3],
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -125,7 +141,7 @@ def machine_speed_s() -> float:
 def table(rows: list[dict[str, object]]) -> str:
     cols = ["concurrency", "requests", "direct_ttft_p50", "chorus_ttft_p50", "added_ttft_p50",
             "direct_ttft_p99", "chorus_ttft_p99", "added_ttft_p99", "direct_rps", "chorus_rps",
-            "chorus_errors", "cpu_ms_per_request"]
+            "chorus_errors", "cpu_ms_per_request", "api_cpu_ms", "workers_cpu_ms"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "concurrency" in r:
@@ -139,15 +155,17 @@ def main() -> None:
     ap.add_argument("--web-workers", type=int, default=2)
     ap.add_argument("--worker-concurrency", type=int, default=300)
     ap.add_argument("--worker-processes", type=int, default=2)
+    ap.add_argument("--keys", type=int, default=1,
+                    help="spread the requests over this many keys, each of its own account")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
     s, token = boot(tmp, args.web_workers, args.worker_concurrency, args.worker_processes)
     try:
-        key = s.create_key(credits=10_000_000, tier="paid")
+        keys = [s.create_key(credits=10_000_000, tier="paid") for _ in range(args.keys)]
         httpx.post(f"{s.mock_url}/_mock/config", json=PROFILE).raise_for_status()
         time.sleep(0.5)
         speed = machine_speed_s()
-        rows = asyncio.run(measure(s, key, args.requests_scale))
+        rows = asyncio.run(measure(s, keys, args.requests_scale))
         print()
         print(table(rows))
         print(f"\npeak RSS of all Chorus processes: {rows[-1]['peak_rss_mb']} MB")
