@@ -7,6 +7,7 @@ import logging
 import redis
 from celery import Celery
 from flask import Flask, Response, request
+from redis.maint_notifications import MaintNotificationsConfig
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -29,8 +30,11 @@ def celery_init_app(app: Flask) -> Celery:
 
 
 def make_redis(url: str) -> redis.Redis:
+    # No maintenance-notification handshake on connect: one more reply read on the relay's
+    # shared connection, racing its reader, for a feature a single server does not use.
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=400, timeout=5, socket_connect_timeout=2, socket_timeout=10
+        url, max_connections=400, timeout=5, socket_connect_timeout=2, socket_timeout=10,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return redis.Redis(connection_pool=pool)
 

@@ -68,25 +68,45 @@ class Relay:
         gevent.spawn(self._read_forever)
 
     def _read_forever(self) -> None:
+        # Nothing may end this loop: without it every stream of the process would fall
+        # back to polling the replay lists.
         while True:
             try:
-                # Bounded: a read that waits forever would also wait out a readiness
-                # notification the event loop never delivers (seen under load: the
-                # socket readable, the reader asleep); a timed wait retries the read.
-                msg = self._pubsub.get_message(timeout=self.READ_TIMEOUT_S)
-            except redis.RedisError as exc:
-                log.warning("relay subscription lost, reconnecting: %s", exc)
+                self._read_once()
+            except Exception as exc:  # logged, and the loop goes on
+                log.warning("relay read failed, reconnecting: %r", exc)
                 gevent.sleep(0.2)
-                continue
-            if msg is not None:
-                self._dispatch(msg)
-            elif self._confirm and time.monotonic() - self._last_read > self.READ_TIMEOUT_S:
-                # Subscriptions wait for confirmation yet nothing was read for a while:
-                # start over on a new connection, which subscribes to every channel again.
-                log.warning("relay connection silent with %d subscriptions unconfirmed; "
-                            "reconnecting", len(self._confirm))
-                self._pubsub.connection.disconnect()
-                self._last_read = time.monotonic()
+                self._reconnect()
+
+    def _read_once(self) -> None:
+        conn = self._pubsub.connection
+        if conn is not None and not conn.is_connected:
+            self._reconnect()
+        # Bounded: a read that waits forever would also wait out a readiness
+        # notification the event loop never delivers (seen under load: the socket
+        # readable, the reader asleep); a timed wait retries the read.
+        msg = self._pubsub.get_message(timeout=self.READ_TIMEOUT_S)
+        if msg is not None:
+            self._dispatch(msg)
+        elif self._confirm and time.monotonic() - self._last_read > self.READ_TIMEOUT_S:
+            # Subscriptions wait for confirmation yet nothing was read for a while:
+            # start over on a new connection, which subscribes to every channel again.
+            log.warning("relay connection silent with %d subscriptions unconfirmed; "
+                        "reconnecting", len(self._confirm))
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        """A new connection, made here under the lock that (un)subscribing takes: the
+        connection's handshake reads replies, which must not race another greenlet."""
+        self._last_read = time.monotonic()
+        conn = self._pubsub.connection
+        if conn is None:
+            return
+        with self._lock:
+            conn.disconnect()
+            # Connecting subscribes to every channel again (redis-py's connect callback).
+            with suppress(redis.RedisError):
+                conn.connect()
 
     def _dispatch(self, msg: dict[str, object]) -> None:
         self._last_read = time.monotonic()

@@ -1,7 +1,11 @@
 """A lean asyncio SSE load generator, so the client spends little of the machine's CPU.
 
 HTTP/1.0 keeps the servers from chunking and closes each response at its end; the time to
-first token is when the first line carrying a non-empty delta arrives.
+first token is when the first line carrying a non-empty delta arrives. A stream is
+complete when it ends with ``[DONE]`` and, for OpenAI chunks, carries every token (or
+its usage counts them all); for
+Chorus events (whose chunks may join tokens that queued up), when its final event
+succeeded with every token and its text is exactly the deltas received.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ async def one(url: str, body: bytes, headers: dict[str, str], expect_tokens: int
     ttft = 0.0
     tokens = 0
     done = False
+    text: list[str] = []
+    final: dict[str, object] | None = None
+    usage_tokens = -1
     try:
         reader, writer = await asyncio.open_connection(u.hostname, u.port)
         head = [f"POST {u.path} HTTP/1.0", f"Host: {u.hostname}:{u.port}",
@@ -89,14 +96,30 @@ async def one(url: str, body: bytes, headers: dict[str, str], expect_tokens: int
                 tokens += 1
                 if tokens == 1:
                     ttft = (time.perf_counter() - start) * 1000
+                if b'"event":"chunk"' in line:
+                    text.append(json.loads(line[6:])["delta"])
+            elif line.startswith(b'data: {"final":true'):
+                final = json.loads(line[6:])
+            elif b'"usage":{' in line and line.startswith(b"data: {"):
+                usage = json.loads(line[6:]).get("usage") or {}
+                usage_tokens = int(usage.get("completion_tokens", -1))
             elif line.startswith(b"data: [DONE]"):
                 done = True
         writer.close()
     except OSError as exc:
         return Result(False, 0, 0, tokens, repr(exc))
     total = (time.perf_counter() - start) * 1000
-    ok = done and tokens == expect_tokens
-    err = "" if ok else f"done={done} tokens={tokens}"
+    if final is None:
+        # OpenAI chunks: every token, or (when a gateway joined some) the usage's count.
+        ok = done and expect_tokens in (tokens, usage_tokens)
+        err = "" if ok else f"done={done} tokens={tokens} usage={usage_tokens}"
+    else:
+        ok = (done and final.get("status") == "succeeded"
+              and final.get("completion_tokens") == expect_tokens
+              and final.get("full_content") == "".join(text))
+        err = "" if ok else (f"done={done} status={final.get('status')} "
+                             f"completion_tokens={final.get('completion_tokens')} "
+                             f"text_matches={final.get('full_content') == ''.join(text)}")
     return Result(ok, ttft, total, tokens, err)
 
 

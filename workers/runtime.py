@@ -8,6 +8,7 @@ from functools import cached_property
 import httpx
 import redis
 from gevent import monkey
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shared.registry import Registry, get_registry
 from shared.settings import Settings, get_settings
@@ -32,7 +33,9 @@ class Runtime:
     @cached_property
     def redis(self) -> redis.Redis:
         pool = redis.BlockingConnectionPool.from_url(
-            self.settings.redis_url, max_connections=100, timeout=10, socket_connect_timeout=2
+            self.settings.redis_url, max_connections=100, timeout=10, socket_connect_timeout=2,
+            # A single server sends none; skip the extra handshake reply per connection.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         return redis.Redis(connection_pool=pool)
 

@@ -21,7 +21,9 @@ def test_stream_has_the_full_event_format(api: httpx.Client, mock: httpx.Client)
     assert s.headers["content-type"].startswith("text/event-stream")
     assert s.ids == list(range(1, len(s.ids) + 1))
     chunks = [e for e in s.events if e["event"] == "chunk" and not e["done"]]
-    assert len(chunks) == 12
+    # One chunk per token, unless tokens queued behind a write and went out joined.
+    assert 1 <= len(chunks) <= 12 and s.final["completion_tokens"] == 12
+    assert "".join(c["delta"] for c in chunks) == s.final["full_content"]
     for c in chunks:
         assert set(c) >= {"model", "delta", "done", "latency_ms", "content_length"}
         assert c["model"] == "gpt-5.2"
@@ -122,7 +124,9 @@ def test_broken_stream_is_an_error_not_a_hang(api: httpx.Client, mock: httpx.Cli
                                      "fault": {"kind": "disconnect", "after_tokens": 4}})
     s = stream_post(api, "/api/v1/chat", {"model": "gpt-5.2", "messages": MSG})
     assert s.done and s.final["status"] == "failed"
-    assert len([e for e in s.events if e["event"] == "chunk"]) == 4
+    chunks = [e for e in s.events if e["event"] == "chunk"]
+    assert 1 <= len(chunks) <= 4
+    assert sum(len(c["delta"]) for c in chunks) == chunks[-1]["content_length"]
     # Produced tokens are paid for, the base fee is not.
     assert 0 < s.final["credits_charged"] < 1
 

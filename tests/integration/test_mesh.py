@@ -114,7 +114,7 @@ def test_each_fault_fails_over(stack: Stack, workers: tuple[str, ...], api: http
     assert [(a["model"], a["status"]) for a in trace["attempts"]] == [(A, "failed"), (B, "ok")]
     assert trace["total_ms"] >= trace["attempts"][0]["latency_ms"]
     chunks = [e for e in s.events if e["event"] == "chunk" and not e["done"]]
-    assert len(chunks) == 8 and {c["model"] for c in chunks} == {B}
+    assert 1 <= len(chunks) <= 8 and {c["model"] for c in chunks} == {B}
     rows = request_log(stack, s.final["job_id"])
     assert [(r.model, r.status) for r in rows] == [(A, "error"), (B, "ok")]
     assert rows[0].error is not None and rows[0].error.startswith(reason)
@@ -136,7 +136,7 @@ def test_mid_stream_break_is_continued_without_repeats(
     assert sent == "Lighthouses guide ships past rocks"
     assert s.text == sent + continuation
     chunks = [e for e in s.events if e["event"] == "chunk" and not e["done"]]
-    assert Counter(e["model"] for e in chunks)[A] == k
+    assert "".join(e["delta"] for e in chunks if e["model"] == A) == sent
     assert "".join(e["delta"] for e in chunks if e["model"] == B) == continuation
     done = [e for e in s.events if e["event"] == "chunk" and e["done"]]
     assert len(done) == 1 and done[0]["full_content"] == s.text

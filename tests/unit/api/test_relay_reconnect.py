@@ -1,4 +1,5 @@
-"""The shared relay replaces a connection that stays silent while subscriptions wait.
+"""The shared relay replaces a connection that stays silent while subscriptions wait, and
+its reader outlives any error.
 
 Run in a child process patched by gevent, as the API runs, against the real Redis.
 """
@@ -43,3 +44,38 @@ def test_a_silent_connection_is_replaced_and_resubscribed() -> None:
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "True (1, '{}')"
+
+
+SURVIVES = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import os, uuid
+    import gevent, redis
+    from api.relay import Relay
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    relay = Relay(client)
+    job = f"unit-{uuid.uuid4()}"
+    real = relay._pubsub.get_message
+    failures = [RuntimeError("socket used by another greenlet")]
+
+    def flaky(**kwargs):
+        if failures:
+            raise failures.pop()
+        return real(**kwargs)
+
+    relay._pubsub.get_message = flaky
+    with relay.watch(job) as w:
+        gevent.sleep(0.5)
+        client.publish(f"chorus:ev:{job}", "1\\n{}")
+        print(w.get(timeout=3))
+""")
+
+
+def test_the_reader_outlives_an_unexpected_error() -> None:
+    env = dict(os.environ, REDIS_URL=os.environ.get("CHORUS_TEST_REDIS_URL",
+                                                     "redis://127.0.0.1:6379/0"))
+    out = subprocess.run([sys.executable, "-c", SURVIVES], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "(1, '{}')"

@@ -29,3 +29,30 @@ def test_interleaved_jobs_keep_their_order(redis_client: redis.Redis, job_id: st
         assert redis_client.pttl(events.events_key(other)) > 5000
     finally:
         redis_client.delete(events.events_key(other))
+
+
+def chunk(delta: str, n: int, **tags: object) -> dict[str, object]:
+    return {"event": "chunk", "model": "m", **tags, "delta": delta, "done": False,
+            "latency_ms": float(n), "content_length": n}
+
+
+def test_text_chunks_queued_behind_a_write_go_out_joined(
+    redis_client: redis.Redis, job_id: str
+) -> None:
+    pub = CoalescingPublisher(redis_client, ttl_s=60, ttl_after_final_s=5)
+    pub.publish(job_id, chunk("a", 1))  # written at once: nothing in flight
+    # As while a write is in flight: what follows queues.
+    pub._writing = True
+    pub.publish(job_id, chunk("b", 2))
+    pub.publish(job_id, chunk("c", 3))
+    pub.publish(job_id, chunk("d", 4, role="judge"))  # another call's tags: not joined
+    pub.publish(job_id, {"event": "chunk", "model": "m", "delta": "", "done": True})
+    pub.publish(job_id, chunk("e", 5))
+    pub.publish(job_id, events.final_event("done", status="succeeded"))
+    pub._writing = False
+    pub.publish(job_id, chunk("f", 6))  # drains the queue, in order
+    pub.flush()
+    stored = [json.loads(r) for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
+    assert [(e.get("delta"), e.get("content_length")) for e in stored] == [
+        ("a", 1), ("bc", 3), ("d", 4), ("", None), ("e", 5), (None, None), ("f", 6)]
+    assert stored[1]["latency_ms"] == 3.0 and stored[5]["final"] is True
