@@ -106,28 +106,31 @@ def _open_in_one_statement(
     session budget, in the transaction below)."""
     if body.get("session_id") is not None:
         return _open_in_a_transaction(owner, kind, body, registry, job_id)
-    request = None if owner.zero_retention else body
-    hold = _worst_case(kind, body, registry, [])
     with autocommit() as conn:
-        opened = onestatement.open_job(
-            conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id, kind=kind,
-            request=request, session_id=None, hold=hold, byok=None, guarded=True,
-        )
+
+        def open_with(own: list[str], guarded: bool) -> tuple[Decimal, onestatement.Opened]:
+            hold = _worst_case(kind, body, registry, own)
+            return hold, onestatement.open_job(
+                conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id,
+                kind=kind, request=None if owner.zero_retention else body, session_id=None,
+                hold=hold, byok=own or None, guarded=guarded,
+            )
+
+        hold, opened = open_with([], guarded=True)
+        capped = False
         if not opened.plain:
             terms = budgets.terms(conn, owner.key_id)
-            if terms.key_budget is not None:
-                return _open_in_a_transaction(owner, kind, body, registry, job_id)
-            own = terms.own_providers if kind in byok.JOB_KINDS else []
-            hold = _worst_case(kind, body, registry, own)
-            opened = onestatement.open_job(
-                conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id,
-                kind=kind, request=request, session_id=None, hold=hold, byok=own or None,
-                guarded=False,
-            )
-        if not opened.held:
-            raise ledger.InsufficientCredits(
-                ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
-    return hold
+            capped = terms.key_budget is not None
+            if not capped:
+                hold, opened = open_with(
+                    terms.own_providers if kind in byok.JOB_KINDS else [], guarded=False)
+        if not capped:
+            if not opened.held:
+                raise ledger.InsufficientCredits(
+                    ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
+            return hold
+    # A capped key: its budget is held with the wallet, in one transaction.
+    return _open_in_a_transaction(owner, kind, body, registry, job_id)
 
 
 def _open_in_a_transaction(

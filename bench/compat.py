@@ -26,9 +26,8 @@ import httpx
 import websocket
 
 from bench import loadgen
-from bench.gateway import boot
-from tests.procs import stop
-from tests.stack import Stack, drop_pg_database, release_redis_db
+from bench.gateway import boot, teardown
+from tests.stack import Stack
 
 MODEL = UPSTREAM = "gpt-5-mini"
 TOKENS = 50
@@ -199,10 +198,7 @@ def main() -> None:
         print()
         print(report(rows, drops))
     finally:
-        stop(s.procs.pop("mock"))
-        s.shutdown()
-        release_redis_db(s.redis_url, token)
-        drop_pg_database(s.database_url)
+        teardown(s, token)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,14 @@ def boot(tmp: Path, web_workers: int, worker_concurrency: int,
     return s, token
 
 
+def teardown(s: Stack, token: str) -> None:
+    """Stop every process ``boot`` started and give back its database and Redis db."""
+    stop(s.procs.pop("mock"))
+    s.shutdown()
+    release_redis_db(s.redis_url, token)
+    drop_pg_database(s.database_url)
+
+
 def chorus_pids(s: Stack) -> list[int]:
     pids: list[int] = []
     for name, proc in s.procs.items():
@@ -172,10 +180,7 @@ def main() -> None:
         print(f"machine speed: 10M-iteration Python loop {speed} s before the run, "
               f"{machine_speed_s()} s after")
     finally:
-        stop(s.procs.pop("mock"))
-        s.shutdown()
-        release_redis_db(s.redis_url, token)
-        drop_pg_database(s.database_url)
+        teardown(s, token)
 
 
 if __name__ == "__main__":

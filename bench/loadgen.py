@@ -68,8 +68,19 @@ def is_token_line(line: bytes) -> bool:
     )
 
 
-async def one(url: str, body: bytes, headers: dict[str, str], expect_tokens: int) -> Result:
+async def post(url: str, body: bytes, headers: dict[str, str]
+               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send an HTTP/1.0 JSON POST; the response is left to read."""
     u = urlparse(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    head = [f"POST {u.path} HTTP/1.0", f"Host: {u.hostname}:{u.port}",
+            "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return reader, writer
+
+
+async def one(url: str, body: bytes, headers: dict[str, str], expect_tokens: int) -> Result:
     start = time.perf_counter()
     ttft = 0.0
     tokens = 0
@@ -78,11 +89,7 @@ async def one(url: str, body: bytes, headers: dict[str, str], expect_tokens: int
     final: dict[str, object] | None = None
     usage_tokens = -1
     try:
-        reader, writer = await asyncio.open_connection(u.hostname, u.port)
-        head = [f"POST {u.path} HTTP/1.0", f"Host: {u.hostname}:{u.port}",
-                "Content-Type: application/json", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        reader, writer = await post(url, body, headers)
         status = await reader.readline()
         if b" 200 " not in status:
             rest = await reader.read()

@@ -39,8 +39,6 @@ import httpx
 from bench import gateway
 from bench.loadgen import pct
 from shared.settings import PACKAGE_DIR
-from tests.procs import stop
-from tests.stack import drop_pg_database, release_redis_db
 
 NINTH = '''
 [models."mock-extra"]
@@ -244,10 +242,7 @@ def main() -> None:
             write_section(Path(__file__).with_name("RESULTS.md"),
                           section(result, command, args.worker_procs, load))
     finally:
-        stop(s.procs.pop("mock"))
-        s.shutdown()
-        release_redis_db(s.redis_url, token)
-        drop_pg_database(s.database_url)
+        gateway.teardown(s, token)
 
 
 if __name__ == "__main__":

@@ -17,24 +17,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 import sqlalchemy as sa
 
 from bench import gateway, loadgen
-from tests.procs import stop
-from tests.stack import drop_pg_database, release_redis_db
 
 
 async def one(url: str, body: bytes, key: str) -> dict[str, float | str]:
-    u = urlparse(url)
     sent = time.time()
-    reader, writer = await asyncio.open_connection(u.hostname, u.port)
-    head = [f"POST {u.path} HTTP/1.0", f"Host: {u.hostname}:{u.port}",
-            "Content-Type: application/json", f"Content-Length: {len(body)}",
-            f"Authorization: Bearer {key}"]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    reader, writer = await loadgen.post(url, body, {"Authorization": f"Bearer {key}"})
     out: dict[str, float | str] = {"sent": sent}
     while line := await reader.readline():
         if line.lower().startswith(b"x-chorus-job-id:"):
@@ -106,10 +98,7 @@ def main() -> None:
             q = statistics.quantiles(values, n=10)
             print(f"| {name} | {q[0]:.1f} | {q[4]:.1f} | {q[8]:.1f} |")
     finally:
-        stop(s.procs.pop("mock"))
-        s.shutdown()
-        release_redis_db(s.redis_url, token)
-        drop_pg_database(s.database_url)
+        gateway.teardown(s, token)
 
 
 if __name__ == "__main__":

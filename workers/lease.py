@@ -37,9 +37,7 @@ class Lease:
 
     def acquire(self) -> bool:
         """Take the lease unless a live worker holds it."""
-        pipe = self._client.pipeline(transaction=False)
-        self.queue_acquire(pipe)
-        return self.acquired(pipe.execute()[0])
+        return self.acquired(self._client.set(_key(self._job_id), _OWNER, nx=True, ex=LEASE_S))
 
     def queue_acquire(self, pipe: redis.client.Pipeline) -> None:
         """Add the taking of the lease to ``pipe``: one round trip with other reads."""
