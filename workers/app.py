@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.settings import Settings, get_settings
 from workers import requeue
+from workers.results import backend_url
 
 QUEUES = ("interactive", "batch")
 
@@ -16,7 +17,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.effective_broker_url,
         # Only chords read results (their header answers); chat results are the events.
-        result_backend=settings.redis_url,
+        result_backend=backend_url(settings.redis_url),
         task_ignore_result=True,
         result_expires=3600,
         task_default_queue="interactive",

@@ -34,6 +34,7 @@ class Lease:
         self._client = client
         self._job_id = job_id
         self._keeper: gevent.Greenlet | None = None
+        self._released = False
 
     def acquire(self) -> bool:
         """Take the lease unless a live worker holds it."""
@@ -59,8 +60,19 @@ class Lease:
                 continue
 
     def release(self) -> None:
+        if self._released:
+            return
+        self._stop_keeping()
+        with contextlib.suppress(redis.RedisError):
+            self._client.delete(_key(self._job_id))
+
+    def queue_release(self, pipe: redis.client.Pipeline) -> None:
+        """Add the giving back of the lease to ``pipe``; a later ``release`` does nothing."""
+        self._stop_keeping()
+        pipe.delete(_key(self._job_id))
+
+    def _stop_keeping(self) -> None:
+        self._released = True
         if self._keeper is not None:
             self._keeper.kill(block=False)
             self._keeper = None
-        with contextlib.suppress(redis.RedisError):
-            self._client.delete(_key(self._job_id))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from celery import Celery, Task, chain, chord, current_task
+from celery import Celery, Signature, Task, chain, chord, current_task
 
 from shared.db import session_scope
 from shared.events import cancel_key
@@ -48,7 +48,7 @@ def state_key(job_id: str) -> str:
 
 
 def canvas_key(job_id: str) -> str:
-    """Ids of the job's chord header tasks: revoked on cancel, their results forgotten."""
+    """Ids of the job's chord header tasks, revoked on cancel."""
     return f"chorus:job:{job_id}:canvas"
 
 
@@ -196,16 +196,18 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
         # A header task on another worker must not publish before these are in Redis.
         rt.publisher.flush()
     if stage.sequential:
-        # A chain hands results on in its messages: nothing to keep in the backend.
-        steps = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue,
-                                                              ignore_result=True)
-                 for s, i in zip(stage.steps, ids, strict=True)]
+        steps = [_step_task(job_id, s, i, queue) for s, i in zip(stage.steps, ids, strict=True)]
         chain(*steps, body).apply_async()
     else:
-        headers = [model_call_task.si(job_id, s.to_json()).set(task_id=i, queue=queue)
-                   for s, i in zip(stage.steps, ids, strict=True)]
+        headers = [_step_task(job_id, s, i, queue) for s, i in zip(stage.steps, ids, strict=True)]
         # A revoked header breaks the chord; the errback goes on with what arrived.
         chord(headers, body.on_error(broken_task.si(job_id, stage.name))).apply_async()
+
+
+def _step_task(job_id: str, step: Step, task_id: str, queue: str) -> Signature:
+    # A short repr for logs and monitors, given so Celery need not format the whole step.
+    return model_call_task.si(job_id, step.to_json()).set(
+        task_id=task_id, queue=queue, argsrepr=f"({job_id!r}, {step.key!r})", kwargsrepr="{}")
 
 
 class StepError(Exception):
@@ -225,25 +227,28 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     rt = rt or get_runtime()
     step = Step.from_json(raw)
     lease = Lease(rt.redis, f"{job_id}:{step.key}")
-    if not lease.acquire():
+    quoted_keys = [*step.inputs, *step.running]
+    # One round trip for the lease, the request, this step's record if it already ran,
+    # the quoted answers and the cancel flag.
+    with rt.redis.pipeline(transaction=False) as pipe:
+        lease.queue_acquire(pipe)
+        pipe.hmget(state_key(job_id),
+                   ["spec", f"call:{step.key}", *(f"call:{k}" for k in quoted_keys)])
+        pipe.exists(cancel_key(job_id))
+        taken, values, cancelled = pipe.execute()
+    if not lease.acquired(taken):
         raise JobBusy(f"{job_id}:{step.key}")
     try:
-        return _run_leased_step(job_id, step, rt)
+        return _run_leased_step(job_id, step, rt, values, bool(cancelled), lease)
     finally:
         lease.release()
 
 
-def _run_leased_step(job_id: str, step: Step, rt: Runtime) -> Record:
+def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
+                     cancelled: bool, lease: Lease) -> Record:
     tags = {"role": step.role, "layer": step.layer, **step.tags}
+    quoted_keys = [*step.inputs, *step.running]
     try:
-        quoted_keys = [*step.inputs, *step.running]
-        # One round trip for the request, this step's record if it already ran, the
-        # quoted answers and the cancel flag.
-        with rt.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(state_key(job_id),
-                       ["spec", f"call:{step.key}", *(f"call:{k}" for k in quoted_keys)])
-            pipe.exists(cancel_key(job_id))
-            values, cancelled = pipe.execute()
         if values[0] is None:
             # The job is over (or its state expired): a late copy of the step does nothing.
             return {"model": step.model, **tags, "key": step.key, "error": NOT_RUN}
@@ -276,7 +281,7 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime) -> Record:
         shown = {k: v for k, v in tags.items() if v is not None}
         _safe(lambda: rt.publisher.publish(job_id, {"event": "error", "model": step.model,
                                                     **shown, "error": error}))
-    _safe(lambda: _store(rt, job_id, step.key, record))
+    _safe(lambda: _store(rt, job_id, step.key, record, lease))
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
     return _chord_result(record)
@@ -287,8 +292,12 @@ _STORE = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
           "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end")
 
 
-def _store(rt: Runtime, job_id: str, key: str, record: Record) -> None:
-    rt.redis.eval(_STORE, 1, state_key(job_id), f"call:{key}", json.dumps(record))
+def _store(rt: Runtime, job_id: str, key: str, record: Record, lease: Lease) -> None:
+    """Store the step's record and give its lease back, in one round trip."""
+    with rt.redis.pipeline(transaction=False) as pipe:
+        pipe.eval(_STORE, 1, state_key(job_id), f"call:{key}", json.dumps(record))
+        lease.queue_release(pipe)
+        pipe.execute()
 
 
 def _chord_result(record: Record) -> Record:
@@ -355,13 +364,11 @@ def conclude(state: PipeState, outcome: Outcome, rt: Runtime) -> None:
     writes nothing), then drop the pipeline's state."""
     outcome.calls = state.calls()
     finish(state.spec, outcome, rt)
-    cleanup(rt, celery, state.spec.id)
+    cleanup(rt, state.spec.id)
 
 
-def cleanup(rt: Runtime, app: Celery, job_id: str) -> None:
-    ids = rt.redis.smembers(canvas_key(job_id))
-    results = [app.backend.get_key_for_task(_text(i)) for i in ids]
-    rt.redis.delete(state_key(job_id), canvas_key(job_id), *results)
+def cleanup(rt: Runtime, job_id: str) -> None:
+    rt.redis.delete(state_key(job_id), canvas_key(job_id))
 
 
 def _finish_lost(rt: Runtime, job_id: str) -> None:
@@ -388,7 +395,9 @@ def revoke_canvas(app: Celery, client: redis.Redis, job_id: str) -> int:
 # --- the Celery tasks: thin wrappers over the functions above ---------------------------
 
 
-@celery.task(name="chorus.model_call", ignore_result=False, bind=True, max_retries=None)
+# No stored result: on the Redis backend the chord's join carries each header's return
+# value to the body itself, and nothing else reads a step's result.
+@celery.task(name="chorus.model_call", ignore_result=True, bind=True, max_retries=None)
 def model_call_task(self: Task, job_id: str, step: dict[str, Any]) -> Record:
     try:
         return run_step(job_id, step)
