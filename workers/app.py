@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.settings import Settings, get_settings
 from workers import requeue
+from workers.broker import TRANSPORT
 from workers.results import backend_url
 
 QUEUES = ("interactive", "batch")
@@ -14,9 +15,11 @@ QUEUES = ("interactive", "batch")
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("chorus", include=["workers.tasks"])
+    if settings.effective_broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = TRANSPORT
     app.conf.update(
         broker_url=settings.effective_broker_url,
-        # Only chords read results (their header answers); chat results are the events.
+        # Only chords use the backend (for their join); chat results are the events.
         result_backend=backend_url(settings.redis_url),
         task_ignore_result=True,
         result_expires=3600,

@@ -15,6 +15,7 @@ from celery import Celery, group
 from shared.settings import Settings
 from tests.stack import Stack
 from workers.app import make_celery
+from workers.broker import Channel
 from workers.results import ChordResults
 
 STEP = {"key": "M:x", "model": "gpt-5.2", "role": "candidate", "prompt": "compare"}
@@ -29,6 +30,8 @@ def app(stack: Stack) -> Iterator[Celery]:
 
 def test_sending_a_group_subscribes_to_no_result(app: Celery) -> None:
     assert isinstance(app.backend, ChordResults)
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.default_channel, Channel)
     sigs = [app.signature("chorus.model_call", args=(f"no-job-{i}", STEP),
                           queue="interactive", ignore_result=False) for i in range(3)]
     res = group(sigs).apply_async()
