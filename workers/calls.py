@@ -35,6 +35,12 @@ class JobContext:
     def publish(self, event: dict[str, Any]) -> None:
         self.runtime.publisher.publish(self.job_id, event)
 
+    def seed_cancel(self, cancelled: bool) -> None:
+        """The cancel flag as a round trip of the caller's just read it: no need to ask
+        again for another 200 ms."""
+        self._cancelled = cancelled
+        self._cancel_checked = time.monotonic()
+
     def cancelled(self, force: bool = False) -> bool:
         """Whether the job's cancel flag is up; reads Redis at most every 200 ms."""
         if self._cancelled:

@@ -295,6 +295,7 @@ def _run_leased(job_id: str, rt: Runtime, known: Known) -> None:
     if spec is None:
         return
     ctx, refused = job_context(spec, rt)
+    ctx.seed_cancel(spec.cancelled)
     outcome: Outcome | None
     if refused is not None:
         outcome = refused

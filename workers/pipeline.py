@@ -260,6 +260,7 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
         ctx, refused = job_context(spec, rt)
         if refused is not None and refused.error is not None:
             raise StepError(refused.error)
+        ctx.seed_cancel(cancelled)
         model = rt.registry.get(step.model)
         if cancelled:
             res = CallResult(model.id, model.provider.name, step.role, step.layer, cancelled=True)
