@@ -10,9 +10,12 @@ interleaved so drift hits every kind alike:
 - ``moa`` 3 layers x 6 models + synthesiser: ideally the sum of each stage's slowest call
   plus that fixed cost.
 
-A stage's calls are published and picked up one after another, so the slowest model's
-place in the request matters; compare and MoA run both in a fresh random order each run
-and in the worst order (slowest model last).
+A stage's calls are published and picked up one after another, so the order they go out
+in matters: Chorus sends the calls its models' recent call times say will take longest
+first (``workers/pace.py``). Compare and MoA run in a fresh random request order each run
+and in the worst request order (slowest model last), and compare once more in the worst
+order with those call times forgotten (as on a fresh deployment), which sends the calls
+in request order.
 
 Each job's *overhead* is its wall time (client POST to the answer) minus its critical path
 of provider calls, as the worker timed them (the slowest call of each stage). What the
@@ -35,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from bench import gateway
 from bench.loadgen import pct
 from shared.settings import PACKAGE_DIR
+from workers import pace
 
 NINTH = '''
 [models."mock-extra"]
@@ -110,6 +115,8 @@ def _shuffled(models: list[str], rng: random.Random) -> list[str]:
     return out
 
 
+UNTIMED = "compare 9 (slowest last, call times forgotten)"
+
 # job -> (path, body for this run, critical path of its calls). The headers of a stage are
 # published and picked up one after another, so where the slowest model sits matters:
 # "shuffled" runs a fresh random order each run (what clients send), "slowest last" the
@@ -121,13 +128,15 @@ KINDS: dict[str, Kind] = {
                              lambda rng: _compare(_shuffled(MODELS, rng)), compare_path),
     "compare 9 (slowest last)": ("/api/v1/compare", lambda _rng: _compare(MODELS),
                                  compare_path),
+    UNTIMED: ("/api/v1/compare", lambda _rng: _compare(MODELS), compare_path),
     "moa 3x6 (shuffled)": ("/api/v1/blend", lambda rng: _moa(_shuffled(MOA_MODELS, rng)),
                            moa_path),
     "moa 3x6 (slowest last)": ("/api/v1/blend", lambda _rng: _moa(MOA_MODELS), moa_path),
 }
 
 
-def measure(url: str, key: str, runs: int) -> dict[str, dict[str, list[float]]]:
+def measure(url: str, key: str, runs: int,
+            forget: Callable[[], object]) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {
         k: {"wall": [], "path": [], "overhead": []} for k in KINDS}
     rng = random.Random(7)
@@ -138,6 +147,8 @@ def measure(url: str, key: str, runs: int) -> dict[str, dict[str, list[float]]]:
                 timed(client, path, body(rng))
         for _ in range(runs):
             for kind, (path, body, critical) in KINDS.items():
+                if kind == UNTIMED:
+                    forget()
                 wall, final = timed(client, path, body(rng))
                 crit = critical(final)
                 out[kind]["wall"].append(wall)
@@ -190,12 +201,13 @@ def section(result: list[dict[str, Any]], command: str, procs: int, load: float)
         "Targets (p50 added by orchestration): compare of 9 <= 15 ms: "
         f"{_verdict(by, 'compare 9', 15)}; MoA 3x6 <= 50 ms: {_verdict(by, 'moa 3x6', 50)}.", "",
         "Where it goes: the stage's worker publishes one Celery message per call while "
-        "both worker processes pick them up; each pickup costs a few milliseconds of CPU "
+        "both worker processes pick them up, each pickup costing a few milliseconds of CPU "
         "(Celery's consumer and chord bookkeeping, the step's Redis round trip, the HTTP "
-        "request), so on two cores the last call starts well after the first. Then the "
-        "last call's chord join and the hop to the body task. Hence the gap between a "
-        "shuffled order and the slowest model last. MoA pays both once per stage "
-        "(4 stages).", "",
+        "request), so on two cores the last call starts well after the first. Sent "
+        "slowest first, the later pickups hide behind the slowest call; what remains is "
+        "that call's own start, the last call's chord join and the hop to the body task "
+        "(MoA pays them once per stage, 4 stages). With the call times forgotten the "
+        "request order decides, and the slowest model last pays the whole stagger.", "",
     ])
 
 
@@ -235,7 +247,8 @@ def main() -> None:
         key = s.create_key(credits=10_000_000, tier="paid")
         profiles(s.mock_url)
         load = os.getloadavg()[0]
-        result = rows(measure(s.url, key, args.runs))
+        timings = redis.Redis.from_url(s.redis_url)
+        result = rows(measure(s.url, key, args.runs, lambda: timings.delete(pace.PACE_KEY)))
         load = max(load, os.getloadavg()[0])
         print(table(result))
         if args.write:

@@ -16,7 +16,9 @@ from shared.registry import ModelSpec
 from workers import prompts
 from workers.calls import JobContext
 from workers.jobs import JobSpec, Outcome, handler
-from workers.pipeline import (
+from workers.pipeline import start
+from workers.providers.base import ChatCall
+from workers.stages import (
     PipeState,
     Record,
     Stage,
@@ -25,9 +27,7 @@ from workers.pipeline import (
     call_summary,
     register_kind,
     request_call,
-    start,
 )
-from workers.providers.base import ChatCall
 
 LOW_TEMPERATURE, HIGH_TEMPERATURE = 0.3, 1.2
 

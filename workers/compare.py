@@ -7,7 +7,9 @@ from typing import Any
 from shared.registry import ModelSpec
 from workers.calls import JobContext
 from workers.jobs import JobSpec, Outcome, handler
-from workers.pipeline import (
+from workers.pipeline import start
+from workers.providers.base import ChatCall
+from workers.stages import (
     PipeState,
     Record,
     Stage,
@@ -18,9 +20,7 @@ from workers.pipeline import (
     missing_summary,
     register_kind,
     request_call,
-    start,
 )
-from workers.providers.base import ChatCall
 
 
 def _key(model: str) -> str:

@@ -26,7 +26,9 @@ from workers import prompts
 from workers.blend import plain_answer
 from workers.calls import JobContext
 from workers.jobs import JobSpec, Outcome, handler
-from workers.pipeline import (
+from workers.pipeline import start
+from workers.providers.base import ChatCall
+from workers.stages import (
     PipeState,
     Record,
     Stage,
@@ -36,9 +38,7 @@ from workers.pipeline import (
     is_ok,
     missing_summary,
     register_kind,
-    start,
 )
-from workers.providers.base import ChatCall
 
 MAX_REASON = 500
 

@@ -17,8 +17,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -26,138 +25,30 @@ from celery import Celery, Signature, Task, chain, chord, current_task
 
 from shared.db import session_scope
 from shared.events import cancel_key
-from shared.registry import ModelSpec
 from shared.tables import Job
+from workers import pace
 from workers.app import celery
 from workers.calls import CallResult, JobContext, run_model_call
-from workers.chat import chat_call
 from workers.jobs import FINAL, JobSpec, Outcome, finish, job_context
 from workers.lease import REFRESH_S, JobBusy, Lease
-from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
+from workers.stages import (
+    BUILDERS,
+    DEFAULT_QUEUE,
+    KINDS,
+    NOT_RUN,
+    STATE_TTL_S,
+    PipeState,
+    Record,
+    Stage,
+    Step,
+    canvas_key,
+    is_ok,
+    spec_from_doc,
+    state_key,
+)
 
 log = logging.getLogger(__name__)
-
-STATE_TTL_S = 3600
-DEFAULT_QUEUE = "interactive"
-Record = dict[str, Any]
-
-
-def state_key(job_id: str) -> str:
-    return f"chorus:job:{job_id}:pipe"
-
-
-def canvas_key(job_id: str) -> str:
-    """Ids of the job's chord header tasks, revoked on cancel."""
-    return f"chorus:job:{job_id}:canvas"
-
-
-@dataclass
-class Step:
-    """One model call of a stage, as its task receives it (plain JSON)."""
-
-    key: str  # unique in the job: where the call's record is stored
-    model: str
-    role: str
-    prompt: str  # the registered builder that makes its request
-    layer: int | None = None
-    inputs: list[str] = field(default_factory=list)  # earlier calls whose answers it quotes
-    # A chain step's running answer: the last of these calls that answered.
-    running: list[str] = field(default_factory=list)
-    temperature: float | None = None
-    tags: dict[str, Any] = field(default_factory=dict)  # extra event fields (sample, step…)
-    params: dict[str, Any] = field(default_factory=dict)  # for the builder only
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Step:
-        return cls(**raw)
-
-
-@dataclass
-class Stage:
-    name: str  # handed back to the kind's ``advance`` when the stage is done
-    steps: list[Step]
-    sequential: bool = False
-    events: list[dict[str, Any]] = field(default_factory=list)  # published before it starts
-
-
-@dataclass
-class PipeState:
-    spec: JobSpec
-    queue: str
-    records: dict[str, Record]
-    ctx: JobContext
-    cancelled: bool = False
-
-    @property
-    def body(self) -> dict[str, Any]:
-        return self.spec.body
-
-    def publish(self, event: dict[str, Any]) -> None:
-        self.ctx.publish(event)
-
-    def answered(self, keys: Iterable[str]) -> list[Record]:
-        return [r for k in keys if (r := self.records.get(k)) is not None and is_ok(r)]
-
-    def calls(self) -> list[CallResult]:
-        return [CallResult.from_record(r) for r in self.records.values()]
-
-
-Builder = Callable[[dict[str, Any], Step, dict[str, Record], ModelSpec], ChatCall]
-Advance = Callable[[PipeState, str], "Stage | Outcome"]
-Partial = Callable[[PipeState], dict[str, Any]]
-
-BUILDERS: dict[str, Builder] = {}
-KINDS: dict[str, tuple[Advance, Partial]] = {}
-
-
-def builder(name: str) -> Callable[[Builder], Builder]:
-    def register(fn: Builder) -> Builder:
-        BUILDERS[name] = fn
-        return fn
-
-    return register
-
-
-def register_kind(kind: str, advance_fn: Advance, partial: Partial) -> None:
-    """``advance_fn`` decides what follows a stage; ``partial`` is a cancelled job's result."""
-    KINDS[kind] = (advance_fn, partial)
-
-
-def is_ok(rec: Record) -> bool:
-    return not rec.get("error") and not rec.get("cancelled")
-
-
-def request_call(body: dict[str, Any], *, tools: bool = True) -> ChatCall:
-    """The client's request as one call; pipelines whose output is text drop its tools."""
-    call = chat_call(body)
-    return call if tools else dataclasses.replace(call, tools=None, tool_choice=None)
-
-
-def call_summary(rec: Record) -> dict[str, Any]:
-    """A call's final fields for a job result, tagged with where it ran in the pipeline."""
-    res = CallResult.from_record(rec)
-    out = res.summary()
-    for tag in ("role", "layer", "sample", "step", "attempt"):
-        if rec.get(tag) is not None:
-            out[tag] = rec[tag]
-    if res.error is not None:
-        out["error"] = res.error.describe()
-    if res.cancelled:
-        out["cancelled"] = True
-    return out
-
-
-NOT_RUN = {"code": "not_run", "message": "the call did not run"}
-
-
-def missing_summary(step_model: str, **tags: Any) -> dict[str, Any]:
-    """The summary of a call that never ran (its task was revoked or the job cancelled)."""
-    return {"model": step_model, **tags, "error": NOT_RUN}
-
 
 # --- starting and advancing -------------------------------------------------------------
 
@@ -189,7 +80,8 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
             # Before sending, so a cancel racing the launch still finds them.
             pipe.sadd(canvas_key(job_id), *ids)
             pipe.expire(canvas_key(job_id), STATE_TTL_S)
-        pipe.execute()
+            pace.queue_read(pipe, [s.model for s in stage.steps])
+        replies = pipe.execute()
     for event in stage.events:
         ctx.publish(event)
     if stage.events:
@@ -199,7 +91,8 @@ def launch(ctx: JobContext, stage: Stage, queue: str, *, spec_doc: str | None = 
         steps = [_step_task(job_id, s, i, queue) for s, i in zip(stage.steps, ids, strict=True)]
         chain(*steps, body).apply_async()
     else:
-        headers = [_step_task(job_id, s, i, queue) for s, i in zip(stage.steps, ids, strict=True)]
+        planned = pace.slowest_first(list(zip(stage.steps, ids, strict=True)), replies[-1])
+        headers = [_step_task(job_id, s, i, queue) for s, i in planned]
         # A revoked header breaks the chord; the errback goes on with what arrived.
         chord(headers, body.on_error(broken_task.si(job_id, stage.name))).apply_async()
 
@@ -294,10 +187,13 @@ _STORE = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
 
 
 def _store(rt: Runtime, job_id: str, key: str, record: Record, lease: Lease) -> None:
-    """Store the step's record and give its lease back, in one round trip."""
+    """Store the step's record, give its lease back and time its model, in one round
+    trip."""
     with rt.redis.pipeline(transaction=False) as pipe:
         pipe.eval(_STORE, 1, state_key(job_id), f"call:{key}", json.dumps(record))
         lease.queue_release(pipe)
+        if is_ok(record) and record.get("latency_ms"):
+            pace.queue_update(pipe, record["model"], float(record["latency_ms"]))
         pipe.execute()
 
 
@@ -338,11 +234,6 @@ def advance(job_id: str, stage: str, rt: Runtime | None = None) -> None:
         nxt = Outcome("failed", error={"code": "internal_error",
                                        "message": "the job failed inside Chorus"})
     conclude(state, nxt, rt)
-
-
-def spec_from_doc(job_id: str, doc: dict[str, Any]) -> JobSpec:
-    return JobSpec(job_id, doc["kind"], doc["account_id"], doc["body"], doc["zero_retention"],
-                   doc.get("byok") or [])
 
 
 def load_state(rt: Runtime, job_id: str) -> PipeState | None:

@@ -24,7 +24,7 @@ from shared.tables import Account, Job
 from tests.sse import iter_sse, read_stream, stream_post
 from tests.stack import Stack, claim_redis_db, release_redis_db
 from workers.app import make_celery
-from workers.pipeline import Step
+from workers.stages import Step
 
 MSG = [{"role": "user", "content": "Compare yourselves."}]
 THREE = ["gpt-5-mini", "gemini-3-flash", "deepseek-v3.2"]
