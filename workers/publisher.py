@@ -33,6 +33,14 @@ for i = 1, n do
 end
 return len
 """
+# For a retry after a failed write, which may have reached Redis before the connection
+# broke: a job's batch is appended only if its last event is not in the list already
+# (a script runs whole or not at all; events carry their timing, so no two are alike).
+_APPEND_PUBLISH_ONCE = """
+if redis.call('LPOS', KEYS[1], ARGV[#ARGV], 'RANK', -1, 'MAXLEN', 10000) then
+  return -1
+end
+""" + _APPEND_PUBLISH
 
 
 # Fields a later text chunk of the same call carries forward when two are joined.
@@ -83,8 +91,8 @@ class CoalescingPublisher:
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int) -> None:
         self._client = client
         # EVALSHA directly: a registered Script in a pipeline costs an extra SCRIPT EXISTS
-        # round trip on every execute.
-        self._sha = ""
+        # round trip on every execute. Keyed by whether the write is a retry.
+        self._shas: dict[bool, str] = {}
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
         self._pending: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
@@ -123,22 +131,30 @@ class CoalescingPublisher:
 
     def _write(self, batch: OrderedDict[str, list[dict[str, Any]]], final: set[str]) -> None:
         delay = 0.05
+        retry = False
         while True:
             try:
-                if not self._sha:
-                    self._sha = str(self._client.script_load(_APPEND_PUBLISH))
+                sha = self._sha(retry)
                 pipe = self._client.pipeline(transaction=False)
                 for job_id, items in batch.items():
                     ttl = self._final_ttl_ms if job_id in final else self._ttl_ms
-                    pipe.evalsha(self._sha, 1, events.events_key(job_id),
+                    pipe.evalsha(sha, 1, events.events_key(job_id),
                                  events.channel(job_id), ttl, *map(events.encode, items))
                 pipe.execute()
                 return
             except redis.exceptions.NoScriptError:
-                # Redis restarted and forgot the script: load it again, then retry.
-                self._sha = ""
+                # Redis restarted and forgot the scripts: load them again, then retry.
+                self._shas.clear()
             except redis.RedisError as exc:
-                # Events must not be dropped: keep the batch and retry until Redis is back.
+                # Events must not be dropped, nor written twice: keep the batch and retry
+                # until Redis is back, skipping what the failed write already appended.
                 log.warning("publishing %d job batches failed, retrying: %s", len(batch), exc)
+                retry = True
                 gevent.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _sha(self, retry: bool) -> str:
+        if retry not in self._shas:
+            script = _APPEND_PUBLISH_ONCE if retry else _APPEND_PUBLISH
+            self._shas[retry] = str(self._client.script_load(script))
+        return self._shas[retry]

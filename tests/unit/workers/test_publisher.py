@@ -56,3 +56,44 @@ def test_text_chunks_queued_behind_a_write_go_out_joined(
     assert [(e.get("delta"), e.get("content_length")) for e in stored] == [
         ("a", 1), ("bc", 3), ("d", 4), ("", None), ("e", 5), (None, None), ("f", 6)]
     assert stored[1]["latency_ms"] == 3.0 and stored[5]["final"] is True
+
+
+class LosesFirstReply:
+    """A Redis client whose first pipeline fails: after reaching Redis (the reply is lost
+    with the connection) or before it."""
+
+    def __init__(self, real: redis.Redis, reached: bool) -> None:
+        self.real, self.reached, self.failed = real, reached, False
+
+    def script_load(self, script: str) -> str:
+        return str(self.real.script_load(script))
+
+    def pipeline(self, transaction: bool = False) -> redis.client.Pipeline:
+        pipe = self.real.pipeline(transaction=transaction)
+        if self.failed:
+            return pipe
+        self.failed = True
+        execute = pipe.execute
+
+        def broken(raise_on_error: bool = True) -> list[object]:
+            if self.reached:
+                execute()
+            raise redis.ConnectionError("connection lost")
+
+        pipe.execute = broken  # type: ignore[method-assign]
+        return pipe
+
+
+def test_a_write_retried_after_its_reply_was_lost_appends_each_event_once(
+        redis_client: redis.Redis, job_id: str) -> None:
+    for reached in (True, False):
+        redis_client.delete(events.events_key(job_id))
+        client = LosesFirstReply(redis_client, reached)
+        pub = CoalescingPublisher(client, ttl_s=60, ttl_after_final_s=5)  # type: ignore[arg-type]
+        pub.publish(job_id, chunk("a", 1))
+        pub.publish(job_id, chunk("b", 2))
+        pub.flush()
+        stored = [json.loads(r)["delta"]
+                  for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
+        assert client.failed
+        assert stored == ["a", "b"], f"reached={reached}"
