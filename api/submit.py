@@ -64,16 +64,11 @@ def create_job(
     refuses, the whole transaction (job row included) rolls back.
     """
     job_id = str(uuid.uuid4())
-    if owner.zero_retention:
-        try:
-            client.set(events.request_key(job_id), json.dumps(body), ex=3600)
-        except redis.RedisError as exc:
-            raise unavailable("redis") from exc
     try:
         if is_postgres():
-            hold = _open_in_one_statement(owner, kind, body, registry, job_id)
+            hold, own = _open_in_one_statement(owner, kind, body, registry, job_id)
         else:
-            hold = _open_in_a_transaction(owner, kind, body, registry, job_id)
+            hold, own = _open_in_a_transaction(owner, kind, body, registry, job_id)
     except budgets.BudgetExceeded as exc:
         raise ApiError(
             402,
@@ -94,12 +89,29 @@ def create_job(
         ) from exc
     except SQLAlchemyError as exc:
         raise unavailable("database") from exc
+    _store_ticket(client, job_id, owner, kind, body, own)
     return job_id, hold
+
+
+def _store_ticket(client: redis.Redis, job_id: str, owner: KeyOwner, kind: str,
+                  body: dict[str, Any], own: list[str]) -> None:
+    """What the worker needs to start the job, in Redis until the job ends.
+
+    A worker that finds it starts the provider call while it claims the job in the
+    database, instead of after; it is also where a zero-retention request lives (its
+    job row has none). Stored before the job is enqueued, so it is there when wanted."""
+    ticket = {"kind": kind, "account_id": owner.account_id, "byok": own,
+              "zero_retention": owner.zero_retention, "body": body}
+    try:
+        client.set(events.request_key(job_id), json.dumps(ticket), ex=3600)
+    except redis.RedisError as exc:
+        abandon(job_id)
+        raise unavailable("redis") from exc
 
 
 def _open_in_one_statement(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
-) -> Decimal:
+) -> tuple[Decimal, list[str]]:
     """PostgreSQL: the hold, ledger row and job as one statement. Usually one round trip:
     the statement itself checks that no key cap or provider key of the account's own
     applies; when one does, read the terms and hold what they say (with a cap or a
@@ -116,26 +128,27 @@ def _open_in_one_statement(
                 hold=hold, byok=own or None, guarded=guarded,
             )
 
-        hold, opened = open_with([], guarded=True)
+        own: list[str] = []
+        hold, opened = open_with(own, guarded=True)
         capped = False
         if not opened.plain:
             terms = budgets.terms(conn, owner.key_id)
             capped = terms.key_budget is not None
             if not capped:
-                hold, opened = open_with(
-                    terms.own_providers if kind in byok.JOB_KINDS else [], guarded=False)
+                own = terms.own_providers if kind in byok.JOB_KINDS else []
+                hold, opened = open_with(own, guarded=False)
         if not capped:
             if not opened.held:
                 raise ledger.InsufficientCredits(
                     ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
-            return hold
+            return hold, own
     # A capped key: its budget is held with the wallet, in one transaction.
     return _open_in_a_transaction(owner, kind, body, registry, job_id)
 
 
 def _open_in_a_transaction(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
-) -> Decimal:
+) -> tuple[Decimal, list[str]]:
     """The job row, the budgets' holds and the wallet's, in one transaction."""
     with session_scope() as session:
         terms = budgets.terms(session, owner.key_id)
@@ -160,7 +173,7 @@ def _open_in_a_transaction(
             session_id=body.get("session_id"), job_id=job_id, amount=hold,
         )
         ledger.reserve(session, owner.account_id, job_id, hold)
-    return hold
+    return hold, own
 
 
 def _worst_case(kind: str, body: dict[str, Any], registry: Registry, own: list[str]) -> Decimal:

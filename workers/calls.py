@@ -25,6 +25,9 @@ class JobContext:
     runtime: Runtime
     # Provider name -> the account's own key (BYOK); such calls cost no credits.
     own_keys: dict[str, str] = field(default_factory=dict)
+    # Called before the job's first event goes out (and until it passes): a job started
+    # before its claim came back publishes nothing unless the claim made it ours.
+    gate: Callable[[], None] | None = None
     _cancel_checked: float = 0.0
     _cancelled: bool = False
 
@@ -33,6 +36,9 @@ class JobContext:
         return self.runtime.publisher
 
     def publish(self, event: dict[str, Any]) -> None:
+        if self.gate is not None:
+            self.gate()
+            self.gate = None
         self.runtime.publisher.publish(self.job_id, event)
 
     def seed_cancel(self, cancelled: bool) -> None:

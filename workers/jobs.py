@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+import gevent
 from sqlalchemy import Table, bindparam, func, update
 
 from shared import byok, events, ledger, onestatement
@@ -86,6 +88,28 @@ class Known:
     stored_request: bytes | None  # a zero-retention account's request
 
 
+class Unclaimed(Exception):
+    """A job started before its claim came back was not ours to run (it had ended)."""
+
+
+class ClaimFailed(Exception):
+    """The claim of a job started before it came back failed (the database is down)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def ticket_spec(job_id: str, known: Known) -> JobSpec | None:
+    """The job as the API left it in Redis for the worker, if it did (see api.submit)."""
+    doc = json.loads(known.stored_request) if known.stored_request else None
+    if not isinstance(doc, dict) or "kind" not in doc or "body" not in doc:
+        return None  # none, or an older API's zero-retention request: the body alone
+    return JobSpec(job_id, str(doc["kind"]), int(doc["account_id"]), doc["body"],
+                   bool(doc.get("zero_retention")), list(doc.get("byok") or []),
+                   cancelled=known.cancel)
+
+
 def claim(job_id: str, rt: Runtime, known: Known) -> JobSpec | None:
     """Move the job to running; None if it is already final (a redelivered task).
 
@@ -106,7 +130,11 @@ def claim(job_id: str, rt: Runtime, known: Known) -> JobSpec | None:
     kind, account_id, body, own = row
     zero_retention = body is None
     if zero_retention:
-        body = json.loads(known.stored_request) if known.stored_request else {}
+        ticket = ticket_spec(job_id, known)
+        if ticket is not None:
+            body = ticket.body
+        else:
+            body = json.loads(known.stored_request) if known.stored_request else {}
     if known.had_events:
         # A worker died mid-job: tell clients the answer restarts from scratch.
         rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})
@@ -200,8 +228,7 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
                         outcome.resolved_model),
     )
     rt.publisher.flush()
-    if spec.zero_retention:
-        rt.redis.delete(events.request_key(spec.id))
+    rt.redis.delete(events.request_key(spec.id))
 
 
 def _log_row(c: CallResult) -> dict[str, Any]:
@@ -296,25 +323,56 @@ def run_job(job_id: str, rt: Runtime | None = None) -> None:
 
 
 def _run_leased(job_id: str, rt: Runtime, known: Known) -> None:
-    spec = claim(job_id, rt, known)
+    ticket = ticket_spec(job_id, known)
+    claiming: gevent.Greenlet | None = None
+    if ticket is not None and ticket.kind == "chat" and not known.had_events \
+            and not known.cancel:
+        # A fresh chat: its provider call starts while the database claims the job, and
+        # its first event waits for the claim (which takes a round trip and more).
+        spec: JobSpec | None = ticket
+        claiming = gevent.spawn(claim, job_id, rt, known)
+    else:
+        spec = claim(job_id, rt, known)
     if spec is None:
         return
     ctx, refused = job_context(spec, rt)
     ctx.seed_cancel(spec.cancelled)
-    outcome: Outcome | None
-    if refused is not None:
-        outcome = refused
-    elif not spec.body:
-        outcome = Outcome("failed", error={"code": "request_expired",
-                                           "message": "the job's request is no longer stored"})
-    elif spec.cancelled:
-        outcome = Outcome("cancelled")
-    else:
-        try:
-            outcome = HANDLERS[spec.kind](ctx, spec)
-        except Exception:
-            log.exception("job %s crashed", job_id)
-            outcome = Outcome("failed", error={"code": "internal_error",
-                                               "message": "the job failed inside Chorus"})
+    if claiming is not None:
+        ctx.gate = functools.partial(_claimed, claiming)
+    try:
+        outcome = _outcome(ctx, spec, refused)
+        if ctx.gate is not None:
+            ctx.gate()
+    except Unclaimed:
+        return
+    except ClaimFailed as exc:
+        raise exc.cause from None  # the task retries, as when a claim fails up front
     if outcome is not None:
         finish(spec, outcome, rt)
+
+
+def _claimed(claiming: gevent.Greenlet) -> None:
+    try:
+        spec = claiming.get()
+    except Exception as exc:
+        raise ClaimFailed(exc) from exc
+    if spec is None:
+        raise Unclaimed
+
+
+def _outcome(ctx: JobContext, spec: JobSpec, refused: Outcome | None) -> Outcome | None:
+    if refused is not None:
+        return refused
+    if not spec.body:
+        return Outcome("failed", error={"code": "request_expired",
+                                        "message": "the job's request is no longer stored"})
+    if spec.cancelled:
+        return Outcome("cancelled")
+    try:
+        return HANDLERS[spec.kind](ctx, spec)
+    except (Unclaimed, ClaimFailed):
+        raise
+    except Exception:
+        log.exception("job %s crashed", spec.id)
+        return Outcome("failed", error={"code": "internal_error",
+                                        "message": "the job failed inside Chorus"})
