@@ -42,8 +42,8 @@ class JobContext:
         self.runtime.publisher.publish(self.job_id, event)
 
     def seed_cancel(self, cancelled: bool) -> None:
-        """The cancel flag as a round trip of the caller's just read it: no need to ask
-        again for another 200 ms."""
+        """The cancel flag as the caller's own round trip just read it: Redis need not be
+        asked again for another 200 ms."""
         self._cancelled = cancelled
         self._cancel_checked = time.monotonic()
 

@@ -85,7 +85,7 @@ class Known:
 
     had_events: bool  # a worker died mid-job: its clients saw part of an answer
     cancel: bool
-    stored_request: bytes | None  # a zero-retention account's request
+    stored_request: bytes | None  # the job's ticket (see api.submit), if it is there
 
 
 class Unclaimed(Exception):
@@ -131,10 +131,8 @@ def claim(job_id: str, rt: Runtime, known: Known) -> JobSpec | None:
     zero_retention = body is None
     if zero_retention:
         ticket = ticket_spec(job_id, known)
-        if ticket is not None:
-            body = ticket.body
-        else:
-            body = json.loads(known.stored_request) if known.stored_request else {}
+        # Without a ticket: an older API stored a zero-retention request alone.
+        body = ticket.body if ticket is not None else json.loads(known.stored_request or "{}")
     if known.had_events:
         # A worker died mid-job: tell clients the answer restarts from scratch.
         rt.publisher.publish(job_id, {"event": "retry", "reason": "worker lost"})

@@ -120,13 +120,12 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     rt = rt or get_runtime()
     step = Step.from_json(raw)
     lease = Lease(rt.redis, f"{job_id}:{step.key}")
-    quoted_keys = [*step.inputs, *step.running]
     # One round trip for the lease, the request, this step's record if it already ran,
     # the quoted answers and the cancel flag.
     with rt.redis.pipeline(transaction=False) as pipe:
         lease.queue_acquire(pipe)
         pipe.hmget(state_key(job_id),
-                   ["spec", f"call:{step.key}", *(f"call:{k}" for k in quoted_keys)])
+                   ["spec", f"call:{step.key}", *(f"call:{k}" for k in step.quoted)])
         pipe.exists(cancel_key(job_id))
         taken, values, cancelled = pipe.execute()
     if not lease.acquired(taken):
@@ -140,7 +139,6 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
 def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
                      cancelled: bool, lease: Lease) -> Record:
     tags = {"role": step.role, "layer": step.layer, **step.tags}
-    quoted_keys = [*step.inputs, *step.running]
     try:
         if values[0] is None:
             # The job is over (or its state expired): a late copy of the step does nothing.
@@ -149,7 +147,7 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
             # A redelivered step that already ran: hand on its record, call nothing again.
             return _chord_result(json.loads(values[1]))
         spec = spec_from_doc(job_id, json.loads(values[0]))
-        quoted = {k: json.loads(v) for k, v in zip(quoted_keys, values[2:], strict=True) if v}
+        quoted = {k: json.loads(v) for k, v in zip(step.quoted, values[2:], strict=True) if v}
         ctx, refused = job_context(spec, rt)
         if refused is not None and refused.error is not None:
             raise StepError(refused.error)

@@ -47,6 +47,11 @@ class Step:
     tags: dict[str, Any] = field(default_factory=dict)  # extra event fields (sample, step…)
     params: dict[str, Any] = field(default_factory=dict)  # for the builder only
 
+    @property
+    def quoted(self) -> list[str]:
+        """Every earlier call whose record this step reads."""
+        return [*self.inputs, *self.running]
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

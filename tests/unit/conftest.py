@@ -1,4 +1,5 @@
-"""Unit tests that need Redis talk to the real local server, on keys of their own."""
+"""Unit tests that need Redis or PostgreSQL talk to the real local servers: Redis on keys
+of their own, PostgreSQL in a database of each test module's own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
+from shared.migrate import upgrade
+from tests.stack import create_pg_database, drop_pg_database
 
 
 @pytest.fixture
@@ -23,3 +27,13 @@ def job_id(redis_client: redis.Redis) -> Iterator[str]:
     jid = f"unit-{uuid.uuid4()}"
     yield jid
     redis_client.delete(f"chorus:job:{jid}:events")
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)

@@ -4,34 +4,20 @@ leaves a final job alone, and commits without waiting for the disk only for itse
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import pytest
 from sqlalchemy import select
 
 from shared import keys
 from shared.db import autocommit, session_scope
-from shared.migrate import upgrade
 from shared.tables import ApiKey, Job
-from tests.stack import create_pg_database, drop_pg_database
 from workers.jobs import _CLAIM_ASYNC_COMMIT
 
 
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    url = create_pg_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_database(url)
-
-
-def job(url: str, status: str) -> str:
+def job(pg_url: str, status: str) -> str:
     job_id = str(uuid.uuid4())
-    with session_scope(url) as s:
+    with session_scope(pg_url) as s:
         keys.create_key(s, f"acct-{uuid.uuid4().hex[:8]}", credits=Decimal(10))
         key = s.execute(select(ApiKey).order_by(ApiKey.id.desc()).limit(1)).scalar_one()
         s.add(Job(id=job_id, account_id=key.account_id, key_id=key.id, kind="chat",
@@ -39,23 +25,23 @@ def job(url: str, status: str) -> str:
     return job_id
 
 
-def test_a_queued_job_is_claimed_and_the_session_keeps_durable_commits(url: str) -> None:
-    job_id = job(url, "queued")
-    with autocommit(url) as conn:
+def test_a_queued_job_is_claimed_and_the_session_keeps_durable_commits(pg_url: str) -> None:
+    job_id = job(pg_url, "queued")
+    with autocommit(pg_url) as conn:
         row = conn.execute(_CLAIM_ASYNC_COMMIT,
                            {"job_id": job_id, "now": datetime.now(UTC)}).first()
         assert row is not None and row.kind == "chat" and row.request == {"model": "m"}
         # set_config(..., true) lasted only for the claim's own transaction.
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
-    with session_scope(url) as s:
+    with session_scope(pg_url) as s:
         claimed = s.get(Job, job_id)
         assert claimed is not None and claimed.status == "running"
         assert claimed.started_at is not None
 
 
-def test_a_final_job_is_not_claimed(url: str) -> None:
-    job_id = job(url, "succeeded")
-    with autocommit(url) as conn:
+def test_a_final_job_is_not_claimed(pg_url: str) -> None:
+    job_id = job(pg_url, "succeeded")
+    with autocommit(pg_url) as conn:
         row = conn.execute(_CLAIM_ASYNC_COMMIT,
                            {"job_id": job_id, "now": datetime.now(UTC)}).first()
     assert row is None
