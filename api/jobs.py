@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
+from api.relay import Relay
 from api.streaming import sse_response, wait_final
 from api.submit import check_models, create_job, enqueue, parse_body
 from shared import events
@@ -29,6 +30,11 @@ def _registry() -> Registry:
     return get_registry()
 
 
+def _relay() -> Relay:
+    relay: Relay = current_app.extensions["chorus.relay"]
+    return relay
+
+
 def _redis() -> redis.Redis:
     client: redis.Redis = current_app.extensions["chorus.redis"]
     return client
@@ -45,7 +51,7 @@ def start_job(owner: KeyOwner, kind: str, req: Common) -> str:
     registry = _registry()
     check_models(req.model_ids(), registry, MODEL_PARAM[kind])
     body = req.model_dump(mode="json", exclude_none=True)
-    job_id, _hold = create_job(owner, kind, body, registry, _redis())
+    job_id, _hold = create_job(owner, kind, body, registry, _redis(), _relay().channel)
     hook = current_app.extensions.get("chorus.before_enqueue")
     if hook is not None:
         hook(job_id, body)
@@ -59,7 +65,7 @@ def submit(kind: str) -> Response:
     if req.stream:
         # The relay subscribes when the response starts; events published before that
         # are read from the replay list, so nothing is lost either way.
-        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running)
+        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, own=True)
         enqueue(job_id)
         return resp
     enqueue(job_id)

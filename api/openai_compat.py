@@ -90,7 +90,8 @@ def chat_completions() -> Response:
     if oreq.stream:
         usage = bool(oreq.stream_options and oreq.stream_options.include_usage)
         frames = ChunkFrames(job_id, created, oreq.model, include_usage=usage)
-        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, frames=frames)
+        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, frames=frames,
+                            own=True)
         enqueue(job_id)
         return resp
     enqueue(job_id)

@@ -1,14 +1,18 @@
 """One Redis subscription per API process, shared by every open stream of that process.
 
 Each stream registers a queue for its job; the reader greenlet hands each pub/sub message
-to the queues of that job. Subscribing is confirmed before a stream starts reading, and
-sequence gaps (pub/sub drops messages by design) are filled from the replay list.
+to the queues of that job. The process has a relay channel of its own: the events of a
+job it took are published there too, so its streams of that job subscribe to nothing.
+Another process's job is followed on the job's channel, subscribed (and confirmed) for
+the stream. Sequence gaps (pub/sub drops messages by design) are filled from the replay
+list.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -53,7 +57,11 @@ class Relay:
         self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._watches: dict[str, set[Watch]] = {}
+        # Streams per job that follow it on its own channel (a job another process took).
+        self._subscribers: dict[str, int] = {}
         self._confirm: dict[str, list[Event]] = {}
+        self.channel = f"chorus:relay:{uuid.uuid4().hex}"
+        self._ready = Event()
         # Holds a refcount change and its (UN)SUBSCRIBE together so they reach Redis in order.
         self._lock = Semaphore()
         self._started = False
@@ -63,8 +71,9 @@ class Relay:
         if self._started:
             return
         self._started = True
-        # A permanent subscription keeps the connection in subscribed mode between streams.
-        self._pubsub.subscribe(f"chorus:relay:{id(self)}")
+        with self._lock:
+            self._confirm[self.channel] = [self._ready]
+            self._pubsub.subscribe(self.channel)
         gevent.spawn(self._read_forever)
 
     def _read_forever(self) -> None:
@@ -114,30 +123,35 @@ class Relay:
         ch = msg["channel"]
         name = ch.decode() if isinstance(ch, bytes) else str(ch)
         if kind == "message":
-            job_id = name.removeprefix("chorus:ev:")
-            watches = self._watches.get(job_id)
-            if watches:
-                item = events.split_message(msg["data"])  # type: ignore[arg-type]
-                for w in watches:
-                    w.queue.put(item)
+            data: bytes = msg["data"]  # type: ignore[assignment]
+            if name == self.channel:
+                job_id, item = events.relay_message(data)
+            else:
+                job_id, item = name.removeprefix("chorus:ev:"), events.split_message(data)
+            for w in self._watches.get(job_id, ()):
+                w.queue.put(item)
         elif kind == "subscribe":
             for ev in self._confirm.pop(name, []):
                 ev.set()
 
     @contextmanager
-    def watch(self, job_id: str, confirm_timeout: float = 5.0) -> Iterator[Watch]:
-        """Subscribe (confirmed) to a job's live events for the duration of the block."""
+    def watch(self, job_id: str, own: bool = False,
+              confirm_timeout: float = 5.0) -> Iterator[Watch]:
+        """Receive a job's live events for the duration of the block: on this process's
+        relay channel when it took the job (``own``), else on the job's channel,
+        subscribed and confirmed first."""
         self._start()
         w = Watch()
         ch = events.channel(job_id)
-        confirmed: Event | None = None
+        confirmed: Event | None = self._ready
         with self._lock:
-            watches = self._watches.setdefault(job_id, set())
-            watches.add(w)
-            if len(watches) == 1:
-                confirmed = Event()
-                self._confirm.setdefault(ch, []).append(confirmed)
-                self._pubsub.subscribe(ch)
+            self._watches.setdefault(job_id, set()).add(w)
+            if not own:
+                self._subscribers[job_id] = self._subscribers.get(job_id, 0) + 1
+                if self._subscribers[job_id] == 1:
+                    confirmed = Event()
+                    self._confirm.setdefault(ch, []).append(confirmed)
+                    self._pubsub.subscribe(ch)
         try:
             # Not confirmed in time only delays delivery: the replay list still has everything.
             if confirmed is not None:
@@ -145,7 +159,8 @@ class Relay:
             yield w
         finally:
             with self._lock:
-                if confirmed is not None and not confirmed.is_set():
+                if confirmed is not None and confirmed is not self._ready \
+                        and not confirmed.is_set():
                     # Never confirmed: stop waiting for it (or the reader would keep
                     # reconnecting for a channel nobody watches).
                     waiting = self._confirm.get(ch, [])
@@ -157,8 +172,12 @@ class Relay:
                 watches.discard(w)
                 if not watches:
                     self._watches.pop(job_id, None)
-                    with suppress(redis.RedisError):
-                        self._pubsub.unsubscribe(ch)
+                if not own:
+                    self._subscribers[job_id] -= 1
+                    if not self._subscribers[job_id]:
+                        del self._subscribers[job_id]
+                        with suppress(redis.RedisError):
+                            self._pubsub.unsubscribe(ch)
 
 
 def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
@@ -174,13 +193,15 @@ def follow_batches(
     after: int = 0,
     poll_s: float = 1.0,
     keepalive_s: float = 15.0,
+    own: bool = False,
 ) -> Iterator[list[Item] | None]:
     """Every event of the job after ``after``, exactly once and in order, until the final
     one, in batches of whatever is ready at once (so a busy stream is written with fewer
-    syscalls). Yields ``None`` as a keepalive tick after ``keepalive_s`` of silence."""
+    syscalls). Yields ``None`` as a keepalive tick after ``keepalive_s`` of silence.
+    ``own``: this process took the job (see ``Relay.watch``)."""
     last = after
     quiet = 0.0
-    with relay.watch(job_id) as w:
+    with relay.watch(job_id, own) as w:
         pending = backlog(client, job_id, last)
         while True:
             batch: list[Item] = []
@@ -236,9 +257,10 @@ def follow(
     after: int = 0,
     poll_s: float = 1.0,
     keepalive_s: float = 15.0,
+    own: bool = False,
 ) -> Iterator[Item | None]:
     """``follow_batches`` one event at a time."""
-    for batch in follow_batches(relay, client, job_id, after, poll_s, keepalive_s):
+    for batch in follow_batches(relay, client, job_id, after, poll_s, keepalive_s, own):
         if batch is None:
             yield None
         else:

@@ -54,7 +54,9 @@ def sse_response(
     *,
     cancel_on_disconnect: bool = False,
     frames: Frames = chorus_frames,
+    own: bool = False,
 ) -> Response:
+    """Stream the job's events after ``after``; ``own``: this process took the job."""
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
@@ -64,7 +66,7 @@ def sse_response(
         # once: one that drops before the first token can still resume by job id.
         yield events.OPENING_FRAME
         try:
-            for batch in follow_batches(relay, client, job_id, after):
+            for batch in follow_batches(relay, client, job_id, after, own=own):
                 if batch is None:
                     yield events.KEEPALIVE_FRAME
                     continue
@@ -93,9 +95,10 @@ def sse_response(
 
 
 def wait_final(job_id: str) -> dict[str, Any]:
-    """Block until the job's terminal event and return it (non-streaming calls)."""
+    """Block until the terminal event of a job this process took and return it
+    (non-streaming calls)."""
     try:
-        for item in follow(_relay(), _redis(), job_id):
+        for item in follow(_relay(), _redis(), job_id, own=True):
             if item is not None and events.is_final(item[1]):
                 final: dict[str, Any] = json.loads(item[1])
                 return final

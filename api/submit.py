@@ -21,6 +21,8 @@ from shared.registry import Registry, RegistryError
 from shared.tables import Job
 
 QUEUE_INTERACTIVE = "interactive"
+# A job's ticket outlives any job that ends; a worker deletes it with the final event.
+TICKET_TTL_S = 3600
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -56,7 +58,8 @@ def check_models(ids: list[str], registry: Registry, param: str) -> None:
 
 
 def create_job(
-    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis,
+    relay: str | None = None,
 ) -> tuple[str, Decimal]:
     """Store the job and hold its worst-case cost in one transaction (402 if not covered).
 
@@ -89,21 +92,26 @@ def create_job(
         ) from exc
     except SQLAlchemyError as exc:
         raise unavailable("database") from exc
-    _store_ticket(client, job_id, owner, kind, body, own)
+    _store_ticket(client, job_id, owner, kind, body, own, relay)
     return job_id, hold
 
 
 def _store_ticket(client: redis.Redis, job_id: str, owner: KeyOwner, kind: str,
-                  body: dict[str, Any], own: list[str]) -> None:
+                  body: dict[str, Any], own: list[str], relay: str | None) -> None:
     """What the worker needs to start the job, in Redis until the job ends.
 
     A worker that finds it starts the provider call while it claims the job in the
     database, instead of after; it is also where a zero-retention request lives (its
-    job row has none). Stored before the job is enqueued, so it is there when wanted."""
+    job row has none). Stored before the job is enqueued, so it is there when wanted.
+    With it, the relay channel of this process, to which the job's events then go."""
     ticket = {"kind": kind, "account_id": owner.account_id, "byok": own,
               "zero_retention": owner.zero_retention, "body": body}
     try:
-        client.set(events.request_key(job_id), json.dumps(ticket), ex=3600)
+        pipe = client.pipeline(transaction=False)
+        pipe.set(events.request_key(job_id), json.dumps(ticket), ex=TICKET_TTL_S)
+        if relay is not None:
+            pipe.set(events.relay_key(job_id), relay, ex=TICKET_TTL_S)
+        pipe.execute()
     except redis.RedisError as exc:
         abandon(job_id)
         raise unavailable("redis") from exc

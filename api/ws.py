@@ -160,7 +160,7 @@ class SocketSession:
         self._take_rate_token(kind)
         job_id = start_job(self.owner, kind, req)
         self.send({"type": "accepted", "id": client_id, "job_id": job_id})
-        job = self._relay(client_id, job_id, 0, cancel_on_close=not req.keep_running)
+        job = self._relay(client_id, job_id, 0, cancel_on_close=not req.keep_running, own=True)
         try:
             enqueue(job_id)
         except ApiError:
@@ -200,19 +200,19 @@ class SocketSession:
         self._relay(client_id, job_id, after, cancel_on_close=False)
 
     def _relay(self, client_id: str, job_id: str, after: int, *,
-               cancel_on_close: bool) -> Relayed:
+               cancel_on_close: bool, own: bool = False) -> Relayed:
         job = Relayed(job_id, cancel_on_close)
         self.jobs[client_id] = job
-        job.greenlet = gevent.spawn(self._pump, client_id, job, after)
+        job.greenlet = gevent.spawn(self._pump, client_id, job, after, own)
         return job
 
-    def _pump(self, client_id: str, job: Relayed, after: int) -> None:
+    def _pump(self, client_id: str, job: Relayed, after: int, own: bool) -> None:
         # The event JSON goes out as published, spliced in without a parse.
         prefix = (f'{{"type":"event","id":{json.dumps(client_id)},'
                   f'"job_id":{json.dumps(job.job_id)},"seq":')
         try:
             try:
-                for item in follow(self.relay, self.redis, job.job_id, after):
+                for item in follow(self.relay, self.redis, job.job_id, after, own=own):
                     if item is not None:
                         seq, data = item
                         # Delivered is finished: a client closing right after the final

@@ -1,9 +1,11 @@
 """The event stream's wire format and the Redis names that carry it.
 
 A job's events live twice: appended to a replay list (the source of truth, numbered by
-position, 1-based) and published on a per-job channel for live delivery. Pub/sub may
-drop messages (a slow subscriber, a reconnect); the list never does, so relays fill any
-gap in sequence numbers from it.
+position, 1-based) and published on a per-job channel for live delivery. The API process
+that took the job also names its own relay channel, to which every event of the job is
+published too: that process's streams follow the job without subscribing to it. Pub/sub
+may drop messages (a slow subscriber, a reconnect); the list never does, so relays fill
+any gap in sequence numbers from it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,24 @@ def channel(job_id: str) -> str:
     return f"chorus:ev:{job_id}"
 
 
+def relay_key(job_id: str) -> str:
+    """The relay channel of the API process that took the job, while the job runs."""
+    return f"chorus:job:{job_id}:relay"
+
+
+def relay_message(message: bytes | str) -> tuple[str, tuple[int, str]]:
+    """A relay channel's payload is ``<job id>\n<seq>\n<json>``."""
+    text = message.decode() if isinstance(message, bytes) else message
+    job_id, _, rest = text.partition("\n")
+    return job_id, split_message(rest)
+
+
 def cancel_key(job_id: str) -> str:
     return f"chorus:job:{job_id}:cancel"
 
 
 def request_key(job_id: str) -> str:
-    """Where a zero-retention job's request waits for its worker (never in the database)."""
+    """The job's ticket: what its worker needs to start (see ``api.submit``)."""
     return f"chorus:job:{job_id}:request"
 
 

@@ -27,6 +27,9 @@ class Settings:
     # Replay buffers outlive a job by this much so late or reconnecting clients catch up.
     replay_ttl_s: int = 3600
     replay_ttl_after_done_s: int = 600
+    # A busy worker batches the events of this many milliseconds into one Redis write; an
+    # event after a quiet spell goes out at once.
+    publish_linger_ms: float = 2.0
     # Provider call limits.
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 60.0
@@ -72,6 +75,7 @@ def from_env() -> Settings:
         connect_timeout_s=_env_float("CHORUS_CONNECT_TIMEOUT", 5.0),
         first_token_timeout_s=_env_float("CHORUS_FIRST_TOKEN_TIMEOUT", 60.0),
         idle_timeout_s=_env_float("CHORUS_IDLE_TIMEOUT", 60.0),
+        publish_linger_ms=_env_float("CHORUS_PUBLISH_LINGER_MS", 2.0),
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
         broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),

@@ -197,11 +197,12 @@ def charge_for(kind: str, outcome: Outcome) -> Decimal:
     return tokens + base
 
 
-def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
+def finish(spec: JobSpec, outcome: Outcome, rt: Runtime, lease: Lease | None = None) -> None:
     """Settle, store and announce the job's end, once.
 
     The status change is the guard: a second run of the same job (a redelivered task
-    racing the first) finds it final and writes, charges and publishes nothing.
+    racing the first) finds it final and writes, charges and publishes nothing. The
+    job's ticket (and ``lease``) go in the same round trip as its final event.
     """
     cost = charge_for(spec.kind, outcome)
     stored = outcome.result
@@ -220,13 +221,15 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime) -> None:
     if charged is None:
         log.info("job %s already ended; not finishing it again", spec.id)
         return
+    drop = [events.request_key(spec.id), events.relay_key(spec.id),
+            *(lease.hand_back() if lease is not None else [])]
     rt.publisher.publish(
         spec.id,
         final_event_for(spec.id, outcome.status, outcome.result, outcome.error, charged,
                         outcome.resolved_model),
+        drop,
     )
     rt.publisher.flush()
-    rt.redis.delete(events.request_key(spec.id))
 
 
 def _log_row(c: CallResult) -> dict[str, Any]:
@@ -315,12 +318,12 @@ def run_job(job_id: str, rt: Runtime | None = None) -> None:
         # after the lease could have lapsed, and never drop the job.
         raise JobBusy(job_id)
     try:
-        _run_leased(job_id, rt, Known(bool(had_events), bool(cancel), stored))
+        _run_leased(job_id, rt, Known(bool(had_events), bool(cancel), stored), lease)
     finally:
         lease.release()
 
 
-def _run_leased(job_id: str, rt: Runtime, known: Known) -> None:
+def _run_leased(job_id: str, rt: Runtime, known: Known, lease: Lease) -> None:
     ticket = ticket_spec(job_id, known)
     claiming: gevent.Greenlet | None = None
     if ticket is not None and ticket.kind == "chat" and not known.had_events \
@@ -346,7 +349,7 @@ def _run_leased(job_id: str, rt: Runtime, known: Known) -> None:
     except ClaimFailed as exc:
         raise exc.cause from None  # the task retries, as when a claim fails up front
     if outcome is not None:
-        finish(spec, outcome, rt)
+        finish(spec, outcome, rt, lease)
 
 
 def _claimed(claiming: gevent.Greenlet) -> None:

@@ -71,6 +71,12 @@ class Lease:
         self._stop_keeping()
         pipe.delete(_key(self._job_id))
 
+    def hand_back(self) -> list[str]:
+        """The lease's key, for the caller to delete in a write of its own; a later
+        ``release`` does nothing."""
+        self._stop_keeping()
+        return [_key(self._job_id)]
+
     def _stop_keeping(self) -> None:
         self._released = True
         if self._keeper is not None:

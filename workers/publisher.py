@@ -1,17 +1,20 @@
 """Publish job events to Redis: append to the replay list and PUBLISH, in one script call.
 
 Under load a worker produces many token events at once; the coalescing publisher sends
-everything queued while the previous write was in flight as one pipeline, so an idle
-stream still goes out per token but busy ones batch (2-5x less Redis CPU). Text chunks
-of one call that queue up behind a write go out as one chunk (their deltas joined), as a
-provider's own stream does when it falls behind: fewer events for Redis, the relay and
-the client, and nothing lost.
+everything queued while the previous write was in flight, or within a short linger after
+it, as one pipeline: an idle stream still goes out per token at once, busy ones batch
+(every write is a loopback round trip, whose syscalls cost more CPU than the commands).
+Text chunks of one call that queue up behind a write go out as one chunk (their deltas
+joined), as a provider's own stream does when it falls behind: fewer events for Redis,
+the relay and the client, and nothing lost.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -22,14 +25,21 @@ from shared import events
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = replay list; ARGV = channel, ttl ms, event json...
+# KEYS[1] = replay list, KEYS[2] = the job's relay key; ARGV = channel, ttl ms, job id,
+# event json... Each event goes to the job's channel and, when the API process that took
+# the job named one, to that process's relay channel.
 _APPEND_PUBLISH = """
-local n = #ARGV - 2
-local len = redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+local n = #ARGV - 3
+local len = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local relay = redis.call('GET', KEYS[2])
 local first = len - n
 for i = 1, n do
-  redis.call('PUBLISH', ARGV[1], (first + i) .. '\\n' .. ARGV[i + 2])
+  local msg = (first + i) .. '\\n' .. ARGV[i + 3]
+  redis.call('PUBLISH', ARGV[1], msg)
+  if relay then
+    redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
+  end
 end
 return len
 """
@@ -62,7 +72,9 @@ def _joined(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 class EventSink(Protocol):
-    def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
+    def publish(self, job_id: str, event: dict[str, Any], drop: Sequence[str] = ()) -> None:
+        """Queue ``event``; ``drop`` names keys deleted once it is written (with a final
+        event: what the job kept in Redis while it ran)."""
 
     def flush(self) -> None: ...
 
@@ -71,37 +83,50 @@ class SyncPublisher:
     """Writes every event before returning; for scripts, tests and thread pools."""
 
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int) -> None:
+        self._client = client
         self._script = client.register_script(_APPEND_PUBLISH)
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: dict[str, Any], drop: Sequence[str] = ()) -> None:
         data = events.encode(event)
         ttl = self._final_ttl_ms if event.get("final") else self._ttl_ms
-        self._script(keys=[events.events_key(job_id)], args=[events.channel(job_id), ttl, data])
+        self._script(keys=[events.events_key(job_id), events.relay_key(job_id)],
+                     args=[events.channel(job_id), ttl, job_id, data])
+        if drop:
+            self._client.delete(*drop)
 
     def flush(self) -> None:
         return None
 
 
 class CoalescingPublisher:
-    """Writes inline when no write is in flight; otherwise queues for the greenlet that is
-    writing, which drains the queue, job by job and in order, before it returns."""
+    """Writes inline when no write is in flight or lingering; otherwise queues for the
+    next write, which takes the queue whole, job by job and in order.
 
-    def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int) -> None:
+    After a write, the next one waits until ``linger_s`` has passed since the last one
+    began, so a busy process sends one pipeline per linger instead of one per event. It
+    runs in a greenlet of its own: a job's greenlet writes at most once for all."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int,
+                 linger_s: float = 0.0) -> None:
         self._client = client
         # EVALSHA directly: a registered Script in a pipeline costs an extra SCRIPT EXISTS
         # round trip on every execute. Keyed by whether the write is a retry.
         self._shas: dict[bool, str] = {}
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
+        self._linger_s = linger_s
         self._pending: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._final: set[str] = set()
-        self._writing = False
+        self._drop: dict[str, Sequence[str]] = {}
+        # A write in flight, or one scheduled: either takes whatever is queued.
+        self._busy = False
+        self._last_write = float("-inf")
         self._idle = Event()
         self._idle.set()
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: dict[str, Any], drop: Sequence[str] = ()) -> None:
         """Queue ``event`` (not to be changed afterwards: it is encoded when written)."""
         queued = self._pending.setdefault(job_id, [])
         if queued and _joinable(queued[-1], event):
@@ -110,26 +135,42 @@ class CoalescingPublisher:
             queued.append(event)
         if event.get("final"):
             self._final.add(job_id)
-        if self._writing:
+        if drop:
+            self._drop[job_id] = drop
+        if self._busy:
             return
-        # No hand-off to another greenlet: an idle stream costs one round trip per event
-        # and no extra wake-up of the event loop.
-        self._writing = True
+        self._busy = True
         self._idle.clear()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, OrderedDict()
-                final, self._final = self._final, set()
-                self._write(batch, final)
-        finally:
-            self._writing = False
-            self._idle.set()
+        wait = self._last_write + self._linger_s - time.monotonic()
+        if wait > 0:
+            gevent.spawn_later(wait, self._write_queued)
+        else:
+            # No hand-off to another greenlet: an idle stream costs one round trip per
+            # event and no extra wake-up of the event loop.
+            self._write_queued()
 
     def flush(self) -> None:
         """Block until everything published so far is in Redis."""
         self._idle.wait()
 
-    def _write(self, batch: OrderedDict[str, list[dict[str, Any]]], final: set[str]) -> None:
+    def _write_queued(self) -> None:
+        try:
+            batch, self._pending = self._pending, OrderedDict()
+            final, self._final = self._final, set()
+            drop, self._drop = self._drop, {}
+            self._last_write = time.monotonic()
+            self._write(batch, final, drop)
+        finally:
+            if self._pending:
+                # Queued during the write: the next write, in a greenlet of its own.
+                wait = self._last_write + self._linger_s - time.monotonic()
+                gevent.spawn_later(max(wait, 0.0), self._write_queued)
+            else:
+                self._busy = False
+                self._idle.set()
+
+    def _write(self, batch: OrderedDict[str, list[dict[str, Any]]], final: set[str],
+               drop: dict[str, Sequence[str]]) -> None:
         delay = 0.05
         retry = False
         while True:
@@ -138,8 +179,11 @@ class CoalescingPublisher:
                 pipe = self._client.pipeline(transaction=False)
                 for job_id, items in batch.items():
                     ttl = self._final_ttl_ms if job_id in final else self._ttl_ms
-                    pipe.evalsha(sha, 1, events.events_key(job_id),
-                                 events.channel(job_id), ttl, *map(events.encode, items))
+                    pipe.evalsha(sha, 2, events.events_key(job_id), events.relay_key(job_id),
+                                 events.channel(job_id), ttl, job_id,
+                                 *map(events.encode, items))
+                    if job_id in drop:
+                        pipe.delete(*drop[job_id])
                 pipe.execute()
                 return
             except redis.exceptions.NoScriptError:

@@ -43,7 +43,8 @@ class Runtime:
     def publisher(self) -> EventSink:
         s = self.settings
         if monkey.is_module_patched("socket"):
-            return CoalescingPublisher(self.redis, s.replay_ttl_s, s.replay_ttl_after_done_s)
+            return CoalescingPublisher(self.redis, s.replay_ttl_s, s.replay_ttl_after_done_s,
+                                       linger_s=s.publish_linger_ms / 1000)
         return SyncPublisher(self.redis, s.replay_ttl_s, s.replay_ttl_after_done_s)
 
     @property

@@ -22,7 +22,7 @@ class ScriptedRelay:
         self.live = live
 
     @contextmanager
-    def watch(self, job_id: str) -> Iterator[Watch]:
+    def watch(self, job_id: str, own: bool = False) -> Iterator[Watch]:
         w = Watch()
         for item in self.live:
             w.queue.put(item)

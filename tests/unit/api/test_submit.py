@@ -3,13 +3,15 @@ released, the job failed, nothing charged."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import select
 
 from api.errors import ApiError
@@ -21,9 +23,13 @@ from shared.settings import get_settings
 from shared.tables import ApiKey, Job
 
 
-class RedisDown:
-    def set(self, *args: Any, **kwargs: Any) -> None:
-        raise redis.ConnectionError("connection refused")
+def redis_down() -> redis.Redis:
+    """A client of a port nothing listens on: every command fails to connect."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1,
+                       retry=Retry(NoBackoff(), 0))
 
 
 @pytest.fixture
@@ -47,7 +53,7 @@ def test_a_ticket_that_cannot_be_stored_releases_the_hold(
         owner = keys.KeyOwner(key.id, key.account_id, "free", zero_retention)
     body = {"model": "gpt-5.2", "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(ApiError) as err:
-        create_job(owner, "chat", body, get_registry(), RedisDown())  # type: ignore[arg-type]
+        create_job(owner, "chat", body, get_registry(), redis_down())
     assert err.value.status == 503 and err.value.code == "unavailable"
     with session_scope(pg_url) as s:
         wallet = ledger.wallet(s, owner.account_id)

@@ -26,7 +26,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: dict[str, Any], drop: Any = ()) -> None:
         self.events.append(event)
 
     def flush(self) -> None:
@@ -53,12 +53,13 @@ def world(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
 
     monkeypatch.setattr(jobs, "claim", claim)
     monkeypatch.setitem(jobs.HANDLERS, "chat", chat)
-    monkeypatch.setattr(jobs, "finish", lambda spec, outcome, rt: w.finished.append(outcome))
+    monkeypatch.setattr(jobs, "finish", lambda spec, outcome, rt, lease: w.finished.append(outcome))
     return w
 
 
 def run(w: SimpleNamespace, known: Known | None = None) -> None:
-    jobs._run_leased("job-1", w.rt, known or Known(False, False, TICKET.encode()))
+    jobs._run_leased("job-1", w.rt, known or Known(False, False, TICKET.encode()),
+                     jobs.Lease(None, "job-1"))  # type: ignore[arg-type]
 
 
 def test_the_call_starts_before_the_claim_and_publishes_after_it(world: SimpleNamespace) -> None:

@@ -42,14 +42,14 @@ def test_text_chunks_queued_behind_a_write_go_out_joined(
     pub = CoalescingPublisher(redis_client, ttl_s=60, ttl_after_final_s=5)
     pub.publish(job_id, chunk("a", 1))  # written at once: nothing in flight
     # As while a write is in flight: what follows queues.
-    pub._writing = True
+    pub._busy = True
     pub.publish(job_id, chunk("b", 2))
     pub.publish(job_id, chunk("c", 3))
     pub.publish(job_id, chunk("d", 4, role="judge"))  # another call's tags: not joined
     pub.publish(job_id, {"event": "chunk", "model": "m", "delta": "", "done": True})
     pub.publish(job_id, chunk("e", 5))
     pub.publish(job_id, events.final_event("done", status="succeeded"))
-    pub._writing = False
+    pub._busy = False
     pub.publish(job_id, chunk("f", 6))  # drains the queue, in order
     pub.flush()
     stored = [json.loads(r) for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
@@ -97,3 +97,62 @@ def test_a_write_retried_after_its_reply_was_lost_appends_each_event_once(
                   for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
         assert client.failed
         assert stored == ["a", "b"], f"reached={reached}"
+
+
+class CountsWrites:
+    """A Redis client that counts the pipelines it executes."""
+
+    def __init__(self, real: redis.Redis) -> None:
+        self.real, self.writes = real, 0
+
+    def script_load(self, script: str) -> str:
+        return str(self.real.script_load(script))
+
+    def pipeline(self, transaction: bool = False) -> redis.client.Pipeline:
+        pipe = self.real.pipeline(transaction=transaction)
+        execute = pipe.execute
+
+        def counted(raise_on_error: bool = True) -> list[object]:
+            self.writes += 1
+            return execute()
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+
+def test_events_within_the_linger_go_out_in_one_write(
+        redis_client: redis.Redis, job_id: str) -> None:
+    client = CountsWrites(redis_client)
+    pub = CoalescingPublisher(client, ttl_s=60, ttl_after_final_s=5,  # type: ignore[arg-type]
+                              linger_s=0.05)
+    pub.publish(job_id, chunk("a", 1))
+    # After a quiet spell the event is written before publish returns.
+    assert client.writes == 1
+    assert redis_client.llen(events.events_key(job_id)) == 1
+    other = job_id + "-b"
+    try:
+        for i in range(20):
+            pub.publish(job_id if i % 2 else other, {"event": "score", "i": i})
+        assert client.writes == 1  # lingering: nothing written yet
+        pub.flush()
+        assert client.writes == 2
+        mine = [json.loads(r) for r in redis_client.lrange(events.events_key(job_id), 1, -1)]
+        theirs = [json.loads(r) for r in redis_client.lrange(events.events_key(other), 0, -1)]
+        assert [e["i"] for e in mine] == list(range(1, 20, 2))
+        assert [e["i"] for e in theirs] == list(range(0, 20, 2))
+    finally:
+        redis_client.delete(events.events_key(other))
+
+
+def test_a_final_event_deletes_the_keys_it_names_in_its_write(
+        redis_client: redis.Redis, job_id: str) -> None:
+    ticket, lease = f"{job_id}:ticket", f"{job_id}:lease"
+    redis_client.set(ticket, "t")
+    redis_client.set(lease, "l")
+    client = CountsWrites(redis_client)
+    pub = CoalescingPublisher(client, ttl_s=60, ttl_after_final_s=5)  # type: ignore[arg-type]
+    pub.publish(job_id, events.final_event("done", status="succeeded"), [ticket, lease])
+    pub.flush()
+    assert client.writes == 1
+    assert redis_client.exists(ticket, lease) == 0
+    assert json.loads(redis_client.lindex(events.events_key(job_id), -1))["final"] is True
