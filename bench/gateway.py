@@ -4,11 +4,13 @@ Starts a real stack (PostgreSQL, Redis, mock provider, gunicorn+gevent API, Cele
 worker), then for each concurrency streams the same chat straight from the mock and
 through Chorus, side by side in one run.
 
-    .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 2]
+    .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 1]
         [--worker-processes 2] [--worker-concurrency 300] [--keys 1]
 
-One Celery worker process per core by default: one process spends 10-12 ms of CPU
-per streamed request, so a single one cannot carry 100 requests/s on its own.
+Sized for two cores by default: one API process and two Celery worker processes, which
+log warnings only, as the Procfile runs them. A worker process spends two to three
+times the CPU an API process does per streamed request, and one cannot carry 100
+requests/s on its own; a second API process only adds a process to schedule.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ LEVELS = [(1, 40), (50, 1000), (200, 1200)]
 
 
 def boot(tmp: Path, web_workers: int, worker_concurrency: int,
-         worker_processes: int = 1) -> tuple[Stack, str]:
+         worker_processes: int = 1, worker_loglevel: str = "warning") -> tuple[Stack, str]:
+    """The stack as the Procfile runs it (workers log warnings only, not every task)."""
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     db_url = create_pg_database()
@@ -62,7 +65,8 @@ def boot(tmp: Path, web_workers: int, worker_concurrency: int,
                             tmp / "mock.log")
     wait_http(f"{mock_url}/_mock/health", s.procs["mock"], tmp / "mock.log")
     for i in range(worker_processes):
-        s.start_worker(f"worker{i}" if i else "worker", concurrency=worker_concurrency)
+        s.start_worker(f"worker{i}" if i else "worker", concurrency=worker_concurrency,
+                       loglevel=worker_loglevel)
     s.url = s.start_api(workers=web_workers)
     return s, token
 
@@ -160,7 +164,7 @@ def table(rows: list[dict[str, object]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests-scale", type=float, default=1.0)
-    ap.add_argument("--web-workers", type=int, default=2)
+    ap.add_argument("--web-workers", type=int, default=1)
     ap.add_argument("--worker-concurrency", type=int, default=300)
     ap.add_argument("--worker-processes", type=int, default=2)
     ap.add_argument("--keys", type=int, default=1,

@@ -86,16 +86,18 @@ class Stack:
         return url
 
     def start_worker(self, name: str = "worker", concurrency: int = 100,
-                     env: dict[str, str] | None = None) -> None:
+                     env: dict[str, str] | None = None, loglevel: str = "info") -> None:
+        """Start a Celery worker; at ``info`` (which logs every task) wait until it
+        consumes, else until its banner is out (it consumes a moment later)."""
         log = self.logs / f"{name}.log"
         proc = start(
             ["celery", "--app", "workers.app", "worker", "--pool", "gevent", "--concurrency",
              str(concurrency), "--queues", "interactive,batch", "--without-gossip",
-             "--without-mingle", "--loglevel", "info", "--hostname", f"{name}@%h"],
+             "--without-mingle", "--loglevel", loglevel, "--hostname", f"{name}@%h"],
             {**self.env, **(env or {})}, log,
         )
         self.procs[name] = proc
-        _wait_log(log, "ready", proc)
+        _wait_log(log, "ready" if loglevel.lower() in ("info", "debug") else "[queues]", proc)
 
     def stop_proc(self, name: str, sig: int | None = None) -> None:
         import signal
