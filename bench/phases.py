@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--worker-processes", type=int, default=2)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
-    s, token = gateway.boot(tmp, 2, 300, args.worker_processes)
+    s, token = gateway.boot(tmp, 1, 300, args.worker_processes)
     try:
         key = s.create_key(credits=10_000_000, tier="paid")
         httpx.post(f"{s.mock_url}/_mock/config", json=gateway.PROFILE).raise_for_status()

@@ -122,6 +122,9 @@ class CoalescingPublisher:
         self._drop: dict[str, Sequence[str]] = {}
         # A write in flight, or one scheduled: either takes whatever is queued.
         self._busy = False
+        self._scheduled: gevent.Greenlet | None = None
+        # Someone waits in ``flush``: write what is queued without lingering.
+        self._hurry = False
         self._last_write = float("-inf")
         self._idle = Event()
         self._idle.set()
@@ -143,17 +146,26 @@ class CoalescingPublisher:
         self._idle.clear()
         wait = self._last_write + self._linger_s - time.monotonic()
         if wait > 0:
-            gevent.spawn_later(wait, self._write_queued)
+            self._scheduled = gevent.spawn_later(wait, self._write_queued)
         else:
             # No hand-off to another greenlet: an idle stream costs one round trip per
             # event and no extra wake-up of the event loop.
             self._write_queued()
 
     def flush(self) -> None:
-        """Block until everything published so far is in Redis."""
+        """Block until everything published so far is in Redis (written without waiting
+        out the linger: a step that flushes is about to hand its stage on)."""
+        if not self._busy:
+            return
+        self._hurry = True
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None:
+            scheduled.kill(block=False)
+            self._write_queued()
         self._idle.wait()
 
     def _write_queued(self) -> None:
+        self._scheduled = None
         try:
             batch, self._pending = self._pending, OrderedDict()
             final, self._final = self._final, set()
@@ -163,10 +175,11 @@ class CoalescingPublisher:
         finally:
             if self._pending:
                 # Queued during the write: the next write, in a greenlet of its own.
-                wait = self._last_write + self._linger_s - time.monotonic()
-                gevent.spawn_later(max(wait, 0.0), self._write_queued)
+                wait = 0.0 if self._hurry else \
+                    self._last_write + self._linger_s - time.monotonic()
+                self._scheduled = gevent.spawn_later(max(wait, 0.0), self._write_queued)
             else:
-                self._busy = False
+                self._busy = self._hurry = False
                 self._idle.set()
 
     def _write(self, batch: OrderedDict[str, list[dict[str, Any]]], final: set[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gevent
 import redis
 
 from shared import events
@@ -156,3 +157,17 @@ def test_a_final_event_deletes_the_keys_it_names_in_its_write(
     assert client.writes == 1
     assert redis_client.exists(ticket, lease) == 0
     assert json.loads(redis_client.lindex(events.events_key(job_id), -1))["final"] is True
+
+
+def test_flush_writes_what_lingers_without_waiting_it_out(
+        redis_client: redis.Redis, job_id: str) -> None:
+    pub = CoalescingPublisher(redis_client, ttl_s=60, ttl_after_final_s=5, linger_s=600)
+    pub.publish(job_id, chunk("a", 1))
+    pub.publish(job_id, {"event": "score", "i": 1})  # due in ten minutes
+    with gevent.Timeout(10):  # the step that flushes hands its stage on now
+        pub.flush()
+    assert redis_client.llen(events.events_key(job_id)) == 2
+    pub.publish(job_id, {"event": "score", "i": 2})  # still within the linger
+    with gevent.Timeout(10):
+        pub.flush()
+    assert redis_client.llen(events.events_key(job_id)) == 3
