@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 from bench import loadgen, procstat
 from shared.migrate import upgrade
@@ -87,6 +88,13 @@ def chorus_pids(s: Stack) -> list[int]:
     return pids
 
 
+def redis_work(client: redis.Redis) -> tuple[int, int]:
+    """Commands the Redis server has run, and reads (round trips, a pipeline being one)
+    it has taken from its clients, so far."""
+    commands = sum(int(v["calls"]) for v in client.info("commandstats").values())
+    return commands, int(client.info("stats")["total_reads_processed"])
+
+
 def cpu_by_role(s: Stack) -> dict[str, float]:
     """CPU seconds so far of the API processes and of the worker processes."""
     out = {"api": 0.0, "workers": 0.0}
@@ -108,6 +116,7 @@ async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, obj
     # Requests take the keys in turn: one key is one account, as a chatbot backend calls.
     auths = itertools.cycle([{"Authorization": f"Bearer {k}"} for k in keys])
     rows: list[dict[str, object]] = []
+    server = redis.Redis.from_url(s.redis_url)
     # Warm both paths: connection pools, imports, prepared statements.
     await loadgen.run("warm", lambda: (gw_url, gw_body, next(auths)), 20, 60, 50)
     await loadgen.run("warm", lambda: (direct_url, direct_body, {}), 20, 60, 50)
@@ -117,8 +126,10 @@ async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, obj
         pids = chorus_pids(s)
         cpu0 = procstat.cpu_seconds(pids)
         roles0 = cpu_by_role(s)
+        work0 = redis_work(server)
         gw = await loadgen.run("chorus", lambda: (gw_url, gw_body, next(auths)), conc, n, 50)
         cpu = procstat.cpu_seconds(chorus_pids(s)) - cpu0
+        commands, reads = (b - a for a, b in zip(work0, redis_work(server), strict=True))
         roles = {k: v - roles0[k] for k, v in cpu_by_role(s).items()}
         d, g = direct.stats(), gw.stats()
         good = max(1, int(g["requests"]) - int(g["errors"]))
@@ -133,6 +144,8 @@ async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, obj
             "cpu_ms_per_request": round(cpu * 1000 / good, 2),
             "api_cpu_ms": round(roles["api"] * 1000 / good, 2),
             "workers_cpu_ms": round(roles["workers"] * 1000 / good, 2),
+            "redis_commands": round(commands / n, 1),
+            "redis_round_trips": round(reads / n, 1),
             "errors_sample": [r.error for r in gw.results if not r.ok][:3],
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -153,7 +166,8 @@ def machine_speed_s() -> float:
 def table(rows: list[dict[str, object]]) -> str:
     cols = ["concurrency", "requests", "direct_ttft_p50", "chorus_ttft_p50", "added_ttft_p50",
             "direct_ttft_p99", "chorus_ttft_p99", "added_ttft_p99", "direct_rps", "chorus_rps",
-            "chorus_errors", "cpu_ms_per_request", "api_cpu_ms", "workers_cpu_ms"]
+            "chorus_errors", "cpu_ms_per_request", "api_cpu_ms", "workers_cpu_ms",
+            "redis_commands", "redis_round_trips"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "concurrency" in r:

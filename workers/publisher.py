@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] = replay list, KEYS[2] = the job's relay key; ARGV = channel, ttl ms, job id,
 # event json... Each event goes to the job's channel and, when the API process that took
-# the job named one, to that process's relay channel.
+# the job named one, to that process's relay channel (named as long as the list lives).
 _APPEND_PUBLISH = """
 local n = #ARGV - 3
 local len = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local relay = redis.call('GET', KEYS[2])
+if relay then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
 local first = len - n
 for i = 1, n do
   local msg = (first + i) .. '\\n' .. ARGV[i + 3]
