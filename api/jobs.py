@@ -63,8 +63,8 @@ def submit(kind: str) -> Response:
     req = parse_body(JOB_KINDS[kind])
     job_id = start_job(owner, kind, req)
     if req.stream:
-        # The relay subscribes when the response starts; events published before that
-        # are read from the replay list, so nothing is lost either way.
+        # The relay watches the job when the response starts; events published before
+        # that are read from the replay list, so nothing is lost either way.
         resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, own=True)
         enqueue(job_id)
         return resp

@@ -32,7 +32,7 @@ def relay_key(job_id: str) -> str:
 
 
 def relay_message(message: bytes | str) -> tuple[str, tuple[int, str]]:
-    """A relay channel's payload is ``<job id>\n<seq>\n<json>``."""
+    """A relay channel's payload is ``<job id>\\n<seq>\\n<json>``."""
     text = message.decode() if isinstance(message, bytes) else message
     job_id, _, rest = text.partition("\n")
     return job_id, split_message(rest)

@@ -1,5 +1,6 @@
 """Unit tests that need Redis or PostgreSQL talk to the real local servers: Redis on keys
-of their own, PostgreSQL in a database of each test module's own."""
+of their own (or a database of the module's own), PostgreSQL in a database of each test
+module's own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from shared.migrate import upgrade
-from tests.stack import create_pg_database, drop_pg_database
+from tests.stack import claim_redis_db, create_pg_database, drop_pg_database, release_redis_db
 
 
 @pytest.fixture
@@ -37,3 +38,13 @@ def pg_url() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def redis_db_url() -> Iterator[str]:
+    """A Redis database of the test module's own, for tests that flush or scan it."""
+    url, token = claim_redis_db()
+    try:
+        yield url
+    finally:
+        release_redis_db(url, token)

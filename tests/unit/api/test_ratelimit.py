@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -15,16 +14,13 @@ from api.errors import ApiError
 from api.ratelimit import Bucket, Decision, Limits, RateLimiter
 from shared.keys import KeyOwner
 from shared.settings import Settings
-from tests.stack import claim_redis_db, release_redis_db
 
 T0 = 1_800_000_000_000  # a fixed "now" in ms: the script takes the clock as an argument
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, token = claim_redis_db()
-    yield url
-    release_redis_db(url, token)
+def redis_url(redis_db_url: str) -> str:
+    return redis_db_url
 
 
 @pytest.fixture

@@ -21,18 +21,13 @@ from shared.breaker import (
     model_keys,
     recent_stats,
 )
-from tests.stack import claim_redis_db, release_redis_db
 
 FAST = BreakerConfig(failures=3, open_s=0.3, probe_s=5.0)
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[redis.Redis]:
-    url, token = claim_redis_db()
-    try:
-        yield redis.Redis.from_url(url)
-    finally:
-        release_redis_db(url, token)
+def client(redis_db_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_db_url)
 
 
 @pytest.fixture

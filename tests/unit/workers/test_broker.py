@@ -9,22 +9,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
 
-from tests.stack import claim_redis_db, release_redis_db
 from workers.broker import TRANSPORT, Channel
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    url, token = claim_redis_db()
-    try:
-        yield url
-    finally:
-        release_redis_db(url, token)
+def url(redis_db_url: str) -> str:
+    return redis_db_url
 
 
 def test_a_channel_reuses_its_client_until_its_pool_changes(url: str) -> None:

@@ -16,7 +16,6 @@ from shared import events
 from shared.breaker import Breaker, BreakerConfig, model_keys
 from shared.registry import Registry, parse_registry
 from shared.settings import PACKAGE_DIR, Settings
-from tests.stack import claim_redis_db, release_redis_db
 from workers.calls import JobContext
 from workers.mesh import (
     CONTINUE_PROMPT,
@@ -36,12 +35,8 @@ REPLY = "Once upon a time there was a small lighthouse keeper who loved storms."
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, token = claim_redis_db()
-    try:
-        yield url
-    finally:
-        release_redis_db(url, token)
+def redis_url(redis_db_url: str) -> str:
+    return redis_db_url
 
 
 @pytest.fixture(scope="module")
