@@ -15,6 +15,7 @@ from api import account, jobs, openai_compat, openapi, ratelimit, system, ws
 from api.errors import ApiError
 from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
+from shared import readiness
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def make_redis(url: str) -> redis.Redis:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    readiness.install()
     app = Flask("chorus")
     app.config["CHORUS_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -30,6 +30,10 @@ class Settings:
     # A busy worker batches the events of this many milliseconds into one Redis write; an
     # event after a quiet spell goes out at once.
     publish_linger_ms: float = 2.0
+    # A worker carrying at least ``stream_pace_from`` streams reads each at most once
+    # per ``stream_pace_ms`` after its first token (0: read every token as it comes).
+    stream_pace_ms: float = 20.0
+    stream_pace_from: int = 8
     # Provider call limits.
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 60.0
@@ -76,6 +80,8 @@ def from_env() -> Settings:
         first_token_timeout_s=_env_float("CHORUS_FIRST_TOKEN_TIMEOUT", 60.0),
         idle_timeout_s=_env_float("CHORUS_IDLE_TIMEOUT", 60.0),
         publish_linger_ms=_env_float("CHORUS_PUBLISH_LINGER_MS", 2.0),
+        stream_pace_ms=_env_float("CHORUS_STREAM_PACE_MS", 20.0),
+        stream_pace_from=int(os.environ.get("CHORUS_STREAM_PACE_FROM") or 8),
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
         broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),

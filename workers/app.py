@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared import readiness
 from shared.settings import Settings, get_settings
 from workers import requeue
 from workers.broker import TRANSPORT
@@ -14,6 +15,7 @@ QUEUES = ("interactive", "batch")
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
+    readiness.install()
     app = Celery("chorus", include=["workers.tasks"])
     if settings.effective_broker_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = TRANSPORT

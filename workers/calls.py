@@ -209,7 +209,8 @@ def run_model_call(
     parts: list[str] = []
     length = len(res.prefix)
     start = time.perf_counter()
-    stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts)
+    stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts,
+                         pacer=rt.pacer)
     try:
         for delta in stream:
             now_ms = (time.perf_counter() - start) * 1000

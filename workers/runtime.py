@@ -10,9 +10,11 @@ import redis
 from gevent import monkey
 from redis.maint_notifications import MaintNotificationsConfig
 
+from shared import readiness
 from shared.registry import Registry, get_registry
 from shared.settings import Settings, get_settings
 from workers.providers.client import Timeouts, make_http_client
+from workers.providers.read_pacing import Pacer
 from workers.publisher import CoalescingPublisher, EventSink, SyncPublisher
 
 
@@ -26,12 +28,17 @@ class Runtime:
 
     @cached_property
     def http(self) -> httpx.Client:
-        if monkey.is_module_patched("select"):
-            _nonyielding_readability_check()
+        readiness.install()
         return make_http_client()
 
     @cached_property
+    def pacer(self) -> Pacer:
+        s = self.settings
+        return Pacer(s.stream_pace_ms / 1000, s.stream_pace_from)
+
+    @cached_property
     def redis(self) -> redis.Redis:
+        readiness.install()
         pool = redis.BlockingConnectionPool.from_url(
             self.settings.redis_url, max_connections=100, timeout=10, socket_connect_timeout=2,
             # A single server sends none; skip the extra handshake reply per connection.
@@ -50,31 +57,6 @@ class Runtime:
     @property
     def timeouts(self) -> Timeouts:
         return Timeouts(connect=self.settings.connect_timeout_s, idle=self.settings.idle_timeout_s)
-
-
-def _nonyielding_readability_check() -> None:
-    """httpcore checks every idle pooled connection with ``select.poll(0)`` before each
-    request. Under gevent that poll is a trip through the hub, so scanning a pool of a
-    hundred keep-alive connections lets every ready greenlet run a hundred times first:
-    hundreds of ms added to each call's first token. The original poll with a zero
-    timeout never blocks, so use it."""
-    import select as green_select
-
-    import httpcore._backends.sync as sync_backend
-
-    original_poll = monkey.get_original("select", "poll")
-    pollin = green_select.POLLIN
-
-    def is_socket_readable(sock: object) -> bool:
-        fileno = getattr(sock, "fileno", None)
-        fd = fileno() if fileno is not None else -1
-        if fd < 0:
-            return True
-        p = original_poll()
-        p.register(fd, pollin)
-        return bool(p.poll(0))
-
-    sync_backend.is_socket_readable = is_socket_readable
 
 
 _runtime: Runtime | None = None

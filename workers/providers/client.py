@@ -25,6 +25,7 @@ from workers.providers.errors import (
     UpstreamConnectError,
     UpstreamTimeout,
 )
+from workers.providers.read_pacing import PacedTransport, Pacer
 from workers.providers.registry import get_adapter
 
 
@@ -37,7 +38,8 @@ class Timeouts:
 
 def make_http_client(max_connections: int = 1000) -> httpx.Client:
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=200)
-    return httpx.Client(limits=limits, timeout=httpx.Timeout(60.0, connect=5.0))
+    return httpx.Client(transport=PacedTransport(limits),
+                        timeout=httpx.Timeout(60.0, connect=5.0))
 
 
 def _timeout(t: Timeouts) -> httpx.Timeout:
@@ -51,6 +53,7 @@ def stream_chat(
     *,
     api_key: str | None = None,
     timeouts: Timeouts = Timeouts(),
+    pacer: Pacer | None = None,
 ) -> Generator[Delta, None, None]:
     """Yield deltas as the provider streams them; raise a ``ProviderError`` on any failure.
 
@@ -60,7 +63,8 @@ def stream_chat(
 
     A stream that ends without a finish reason is ``StreamBroken``: a provider that hangs
     up mid-answer must never look like a short, successful one. Every mid-stream error
-    carries the text streamed so far in ``partial_text``.
+    carries the text streamed so far in ``partial_text``. With a ``pacer``, a busy
+    process reads the stream at most once per pace after its first token.
     """
     adapter = get_adapter(model.provider.adapter)
     key = model.provider.api_key() if api_key is None else api_key
@@ -73,11 +77,13 @@ def stream_chat(
             if resp.status_code >= 400:
                 body = resp.read().decode("utf-8", "replace")
                 raise adapter.map_error(resp.status_code, body, resp.headers)
-            for sse in EventSource(resp).iter_sse():
-                for delta in adapter.parse_stream_event(sse.event, sse.data):
-                    out = assembler.feed(delta)
-                    if out is not None:
-                        yield out
+            with (pacer or Pacer()).streaming(resp) as pace:
+                for sse in EventSource(resp).iter_sse():
+                    for delta in adapter.parse_stream_event(sse.event, sse.data):
+                        out = assembler.feed(delta)
+                        if out is not None:
+                            pace.token_seen()
+                            yield out
     except ProviderError as exc:
         exc.partial_text = assembler.text
         raise
