@@ -14,15 +14,14 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import ApiError, bad_request, unavailable
-from shared import budgets, byok, events, ledger, onestatement, pricing
+from api.ticket import Ticket
+from shared import budgets, byok, ledger, onestatement, pricing
 from shared.db import autocommit, is_postgres, session_scope
 from shared.keys import KeyOwner
 from shared.registry import Registry, RegistryError
 from shared.tables import Job
 
 QUEUE_INTERACTIVE = "interactive"
-# A job's ticket outlives any job that ends; a worker deletes it with the final event.
-TICKET_TTL_S = 3600
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -67,11 +66,9 @@ def create_job(
     refuses, the whole transaction (job row included) rolls back.
     """
     job_id = str(uuid.uuid4())
+    ticket = Ticket(client, job_id, owner, kind, body, relay)
     try:
-        if is_postgres():
-            hold, own = _open_in_one_statement(owner, kind, body, registry, job_id)
-        else:
-            hold, own = _open_in_a_transaction(owner, kind, body, registry, job_id)
+        hold, own = _open(owner, kind, body, registry, job_id, ticket)
     except budgets.BudgetExceeded as exc:
         raise ApiError(
             402,
@@ -92,29 +89,24 @@ def create_job(
         ) from exc
     except SQLAlchemyError as exc:
         raise unavailable("database") from exc
-    _store_ticket(client, job_id, owner, kind, body, own, relay)
-    return job_id, hold
-
-
-def _store_ticket(client: redis.Redis, job_id: str, owner: KeyOwner, kind: str,
-                  body: dict[str, Any], own: list[str], relay: str | None) -> None:
-    """What the worker needs to start the job, in Redis until the job ends.
-
-    A worker that finds it starts the provider call while it claims the job in the
-    database, instead of after; it is also where a zero-retention request lives (its
-    job row has none). Stored before the job is enqueued, so it is there when wanted.
-    With it, the relay channel of this process, to which the job's events then go."""
-    ticket = {"kind": kind, "account_id": owner.account_id, "byok": own,
-              "zero_retention": owner.zero_retention, "body": body}
     try:
-        pipe = client.pipeline(transaction=False)
-        pipe.set(events.request_key(job_id), json.dumps(ticket), ex=TICKET_TTL_S)
-        if relay is not None:
-            pipe.set(events.relay_key(job_id), relay, ex=TICKET_TTL_S)
-        pipe.execute()
+        ticket.store(own)
     except redis.RedisError as exc:
         abandon(job_id)
         raise unavailable("redis") from exc
+    return job_id, hold
+
+
+def _open(owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
+          ticket: Ticket) -> tuple[Decimal, list[str]]:
+    """The hold; a ticket written meanwhile is taken back when it fails."""
+    try:
+        if is_postgres():
+            return _open_in_one_statement(owner, kind, body, registry, job_id)
+        return _open_in_a_transaction(owner, kind, body, registry, job_id)
+    except BaseException:
+        ticket.withdraw()
+        raise
 
 
 def _open_in_one_statement(
