@@ -6,6 +6,7 @@ through Chorus, side by side in one run.
 
     .venv/bin/python -m bench.gateway [--requests-scale 1.0] [--web-workers 1]
         [--worker-processes 2] [--worker-concurrency 300] [--keys 1]
+        [--levels 1:40,50:1000,200:1200]
 
 Sized for two cores by default: one API process and two Celery worker processes, which
 log warnings only, as the Procfile runs them. A worker process spends two to three
@@ -42,6 +43,9 @@ from tests.stack import (
 MODEL, UPSTREAM = "gpt-5-mini", "gpt-5-mini"
 PROFILE = {"model": UPSTREAM, "ttft_ms": 50, "token_ms": 5, "tokens": 50}
 LEVELS = [(1, 40), (50, 1000), (200, 1200)]
+# The machine's CPU by who spent it, in ms per request (every process: the mock, the
+# database and Redis share the two cores with Chorus).
+MACHINE_GROUPS = ("api", "workers", "mock", "postgres", "redis-server", "load generator")
 
 
 def boot(tmp: Path, web_workers: int, worker_concurrency: int,
@@ -95,6 +99,16 @@ def redis_work(client: redis.Redis) -> tuple[int, int]:
     return commands, int(client.info("stats")["total_reads_processed"])
 
 
+def process_groups(s: Stack) -> dict[int, str]:
+    """Chorus' own processes by role, the mock, and this process (the load generator)."""
+    groups = {os.getpid(): "load generator"}
+    for name, proc in s.procs.items():
+        role = "mock" if name == "mock" else "workers" if name.startswith("worker") else "api"
+        for pid in procstat.tree_pids(proc.pid):
+            groups[pid] = role
+    return groups
+
+
 def cpu_by_role(s: Stack) -> dict[str, float]:
     """CPU seconds so far of the API processes and of the worker processes."""
     out = {"api": 0.0, "workers": 0.0}
@@ -105,7 +119,8 @@ def cpu_by_role(s: Stack) -> dict[str, float]:
     return out
 
 
-async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, object]]:
+async def measure(s: Stack, keys: list[str], scale: float,
+                  levels: list[tuple[int, int]]) -> list[dict[str, object]]:
     direct_url = f"{s.mock_url}/v1/chat/completions"
     direct_body = json.dumps({"model": UPSTREAM, "stream": True,
                               "stream_options": {"include_usage": True},
@@ -120,14 +135,17 @@ async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, obj
     # Warm both paths: connection pools, imports, prepared statements.
     await loadgen.run("warm", lambda: (gw_url, gw_body, next(auths)), 20, 60, 50)
     await loadgen.run("warm", lambda: (direct_url, direct_body, {}), 20, 60, 50)
-    for conc, n in LEVELS:
+    for conc, n in levels:
         n = max(conc, int(n * scale))
         direct = await loadgen.run("direct", lambda: (direct_url, direct_body, {}), conc, n, 50)
         pids = chorus_pids(s)
         cpu0 = procstat.cpu_seconds(pids)
         roles0 = cpu_by_role(s)
         work0 = redis_work(server)
+        groups = process_groups(s)
+        machine0 = procstat.cpu_by_command()
         gw = await loadgen.run("chorus", lambda: (gw_url, gw_body, next(auths)), conc, n, 50)
+        machine = procstat.spent_by_group(machine0, procstat.cpu_by_command(), groups)
         cpu = procstat.cpu_seconds(chorus_pids(s)) - cpu0
         commands, reads = (b - a for a, b in zip(work0, redis_work(server), strict=True))
         roles = {k: v - roles0[k] for k, v in cpu_by_role(s).items()}
@@ -147,6 +165,12 @@ async def measure(s: Stack, keys: list[str], scale: float) -> list[dict[str, obj
             "redis_commands": round(commands / n, 1),
             "redis_round_trips": round(reads / n, 1),
             "errors_sample": [r.error for r in gw.results if not r.ok][:3],
+            "machine_cpu_ms": {
+                **{g: round(machine.get(g, 0.0) * 1000 / good, 2) for g in MACHINE_GROUPS},
+                "other": round(sum(v for g, v in machine.items() if g not in MACHINE_GROUPS)
+                               * 1000 / good, 2),
+                "cores_busy": round(sum(machine.values()) / gw.wall_s, 2),
+            },
         })
         print(json.dumps(rows[-1]), flush=True)
     rows.append({"peak_rss_mb": procstat.peak_rss_mb(chorus_pids(s))})
@@ -175,12 +199,32 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+def machine_table(rows: list[dict[str, object]]) -> str:
+    cols = [*MACHINE_GROUPS, "other"]
+    out = ["| concurrency | " + " | ".join(cols) + " | all | cores busy |",
+           "|" + "---|" * (len(cols) + 3)]
+    for r in rows:
+        if "concurrency" in r:
+            m = r["machine_cpu_ms"]
+            assert isinstance(m, dict)
+            out.append(f"| {r['concurrency']} | " + " | ".join(str(m[c]) for c in cols)
+                       + f" | {round(sum(m[c] for c in cols), 2)} | {m['cores_busy']} |")
+    return "\n".join(out)
+
+
+def parse_levels(text: str) -> list[tuple[int, int]]:
+    """``1:40,50:1000``: concurrency and requests of each level, in order."""
+    return [(int(c), int(n)) for c, n in (part.split(":") for part in text.split(","))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests-scale", type=float, default=1.0)
     ap.add_argument("--web-workers", type=int, default=1)
     ap.add_argument("--worker-concurrency", type=int, default=300)
     ap.add_argument("--worker-processes", type=int, default=2)
+    ap.add_argument("--levels", type=parse_levels, default=LEVELS,
+                    help="concurrency:requests of each level, e.g. 20:600,50:1000")
     ap.add_argument("--keys", type=int, default=1,
                     help="spread the requests over this many keys, each of its own account")
     args = ap.parse_args()
@@ -191,9 +235,11 @@ def main() -> None:
         httpx.post(f"{s.mock_url}/_mock/config", json=PROFILE).raise_for_status()
         time.sleep(0.5)
         speed = machine_speed_s()
-        rows = asyncio.run(measure(s, keys, args.requests_scale))
+        rows = asyncio.run(measure(s, keys, args.requests_scale, args.levels))
         print()
         print(table(rows))
+        print("\nCPU of every process on the machine during the chorus runs, ms per request:")
+        print(machine_table(rows))
         print(f"\npeak RSS of all Chorus processes: {rows[-1]['peak_rss_mb']} MB")
         print(f"machine speed: 10M-iteration Python loop {speed} s before the run, "
               f"{machine_speed_s()} s after")

@@ -53,3 +53,32 @@ def peak_rss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return round(total / 1024, 1)
+
+
+def cpu_by_command() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process on the machine, with its command name."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def spent_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   groups: dict[int, str]) -> dict[str, float]:
+    """CPU seconds spent between two ``cpu_by_command`` readings, summed by group: the
+    group ``groups`` names for a pid, else the command's own name."""
+    out: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        spent = seconds - before.get(pid, (name, 0.0))[1]
+        if spent > 0:
+            group = groups.get(pid, name)
+            out[group] = out.get(group, 0.0) + spent
+    return out
