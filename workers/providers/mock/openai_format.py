@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,6 +17,10 @@ ERROR_TYPES = {
     404: ("invalid_request_error", "model_not_found"),
     429: ("requests", "rate_limit_exceeded"),
 }
+
+
+_SLOT = "<chorus-mock-token>"
+_SLOT_JSON = json.dumps(_SLOT).encode()
 
 
 class OpenAIFormat:
@@ -91,7 +96,11 @@ class OpenAIFormat:
             units.append(
                 Unit(sse(chunk({"role": "assistant", "content": "", "refusal": None})), "head")
             )
-            units += [Unit(sse(chunk({"content": t})), "token") for t in plan.tokens]
+            # One chunk encoded, its text swapped per token: a stream of many tokens
+            # would otherwise cost the mock more CPU than its readers spend on it.
+            head, _, tail = sse(chunk({"content": _SLOT})).partition(_SLOT_JSON)
+            units += [Unit(b"".join((head, json.dumps(t).encode(), tail)), "token")
+                      for t in plan.tokens]
         else:
             first = {
                 "index": 0,

@@ -71,6 +71,10 @@ def error_message(status: int) -> str:
     return ERROR_MESSAGES.get(status, f"Upstream error {status} (mock).")
 
 
+# How often a stream looks for a client that went away between two of its writes.
+CHECK_GONE_S = 0.02
+
+
 def client_gone(sock: socket.socket | None) -> bool:
     """True once the peer closed its side; a keep-alive client sends nothing mid-response."""
     if sock is None:
@@ -128,6 +132,7 @@ def paced(
     sent = 0
     started = False
     due = 0.0
+    checked = time.monotonic()
     try:
         for unit in units:
             if fault is not None and trigger is not None:
@@ -154,8 +159,14 @@ def paced(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                if client_gone(sock):
-                    return
+                # A failed write ends the stream too; the check finds a client gone
+                # between writes, at most every CHECK_GONE_S: two syscalls before each
+                # token would cost a fast stream more than its write.
+                now = time.monotonic()
+                if now - checked >= CHECK_GONE_S:
+                    checked = now
+                    if client_gone(sock):
+                        return
             yield unit.data
             if unit.kind == "token":
                 sent += 1
