@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, text
+from sqlalchemy import Connection, text
 
+from shared import dbapi
 from shared.ledger import q
-from shared.tables import CREDITS
 
 # ``plain``: the key has no cap and the account brings no provider key of its own, so
 # the hold computed without looking is the hold (the common case: one round trip in all).
@@ -45,11 +45,7 @@ WITH plain AS (
     FROM held
 )
 SELECT (SELECT count(*) FROM plain), (SELECT count(*) FROM held)
-""").bindparams(
-    bindparam("hold", type_=CREDITS),
-    bindparam("request", type_=JSON(none_as_null=True)),
-    bindparam("byok", type_=JSON(none_as_null=True)),
-)
+""")
 
 # The charge is the price capped at the job's hold (0 if it never held anything); it is
 # computed once, in ``ended``, and the settle row, the wallet and the budgets follow it.
@@ -88,11 +84,11 @@ WITH reserve AS (
     FROM holds h WHERE b.id = h.budget_id
 )
 SELECT credits_charged FROM ended
-""").bindparams(
-    bindparam("price", type_=CREDITS),
-    bindparam("result", type_=JSON),
-    bindparam("error", type_=JSON),
-)
+""")
+
+
+_OPEN_SQL = dbapi.compiled(_OPEN)
+_CLOSE_SQL = dbapi.compiled(_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -117,11 +113,13 @@ def open_job(
     """Hold ``hold`` credits, write the ``reserve`` row and store the queued job, or do
     nothing at all when the wallet cannot cover the hold or, if ``guarded``, when the key
     has a cap or the account provider keys (the hold then needs their terms)."""
-    plain, held = conn.execute(_OPEN, {
+    row = dbapi.fetch_one(conn, _OPEN_SQL, {
         "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
-        "request": request, "session_id": session_id, "hold": q(hold), "byok": byok,
-        "now": datetime.now(UTC), "guarded": guarded,
-    }).one()
+        "request": _json_or_null(request), "session_id": session_id, "hold": q(hold),
+        "byok": _json_or_null(byok), "now": datetime.now(UTC), "guarded": guarded,
+    })
+    assert row is not None  # a bare SELECT: always one row
+    plain, held = row
     return Opened(plain=bool(plain), held=bool(held))
 
 
@@ -138,9 +136,15 @@ def close_job(
 ) -> Decimal | None:
     """End the job, log its calls and settle its credits and budgets; the amount charged,
     or None (and nothing written) when the job had already ended."""
-    charged = conn.execute(_CLOSE, {
-        "job_id": job_id, "status": status, "result": result, "error": error,
+    row = dbapi.fetch_one(conn, _CLOSE_SQL, {
+        "job_id": job_id, "status": status,
+        # As the JSON columns store None: JSON null, not SQL NULL.
+        "result": json.dumps(result), "error": json.dumps(error),
         "resolved_model": resolved_model, "calls": json.dumps(calls, default=str),
         "price": max(Decimal(0), q(price)), "now": datetime.now(UTC),
-    }).scalar_one_or_none()
-    return None if charged is None else Decimal(charged)
+    })
+    return None if row is None or row[0] is None else Decimal(row[0])
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)

@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Any, cast
 
 import gevent
-from sqlalchemy import Table, bindparam, func, update
+from sqlalchemy import Table, bindparam, text, update
 
-from shared import byok, events, ledger, onestatement
+from shared import byok, dbapi, events, ledger, onestatement
 from shared.db import autocommit, is_postgres, session_scope
 from shared.pricing import BASE_CREDITS
 from shared.tables import Job, RequestLog
@@ -73,10 +73,15 @@ _CLAIM = (
     .values(status="running", started_at=bindparam("now", type_=_JOBS.c.started_at.type))
     .returning(_JOBS.c.kind, _JOBS.c.account_id, _JOBS.c.request, _JOBS.c.byok)
 )
-# PostgreSQL need not flush a claim to disk before answering: a claim lost in a crash
-# leaves the job queued, which the next claim of its redelivered task accepts as well.
-_CLAIM_ASYNC_COMMIT = _CLAIM.where(
-    func.set_config("synchronous_commit", "off", True).is_not(None))
+# PostgreSQL: the same, run on the DBAPI cursor (see shared.dbapi). It need not flush a
+# claim to disk before answering: a claim lost in a crash leaves the job queued, which the
+# next claim of its redelivered task accepts as well.
+_CLAIM_PG = dbapi.compiled(text("""
+UPDATE jobs SET status = 'running', started_at = :now
+WHERE id = :job_id AND status IN ('queued', 'running')
+  AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+RETURNING kind, account_id, request, byok
+"""))
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,12 @@ def claim(job_id: str, rt: Runtime, known: Known) -> JobSpec | None:
     One UPDATE ... RETURNING on the hot path. A job whose request is not in the database
     belongs to a zero-retention account: its request waits in Redis instead.
     """
+    params = {"job_id": job_id, "now": datetime.now(UTC)}
     with autocommit() as conn:
-        statement = _CLAIM_ASYNC_COMMIT if is_postgres() else _CLAIM
-        row = conn.execute(statement, {"job_id": job_id, "now": datetime.now(UTC)}).first()
+        if is_postgres():
+            row = dbapi.fetch_one(conn, _CLAIM_PG, params)
+        else:
+            row = conn.execute(_CLAIM, params).first()
     if row is None:
         with session_scope() as session:
             job = session.get(Job, job_id)

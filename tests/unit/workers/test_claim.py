@@ -9,10 +9,10 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from shared import keys
+from shared import dbapi, keys
 from shared.db import autocommit, session_scope
 from shared.tables import ApiKey, Job
-from workers.jobs import _CLAIM_ASYNC_COMMIT
+from workers.jobs import _CLAIM_PG
 
 
 def job(pg_url: str, status: str) -> str:
@@ -28,9 +28,8 @@ def job(pg_url: str, status: str) -> str:
 def test_a_queued_job_is_claimed_and_the_session_keeps_durable_commits(pg_url: str) -> None:
     job_id = job(pg_url, "queued")
     with autocommit(pg_url) as conn:
-        row = conn.execute(_CLAIM_ASYNC_COMMIT,
-                           {"job_id": job_id, "now": datetime.now(UTC)}).first()
-        assert row is not None and row.kind == "chat" and row.request == {"model": "m"}
+        row = dbapi.fetch_one(conn, _CLAIM_PG, {"job_id": job_id, "now": datetime.now(UTC)})
+        assert row is not None and row[0] == "chat" and row[2] == {"model": "m"}
         # set_config(..., true) lasted only for the claim's own transaction.
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
     with session_scope(pg_url) as s:
@@ -42,6 +41,5 @@ def test_a_queued_job_is_claimed_and_the_session_keeps_durable_commits(pg_url: s
 def test_a_final_job_is_not_claimed(pg_url: str) -> None:
     job_id = job(pg_url, "succeeded")
     with autocommit(pg_url) as conn:
-        row = conn.execute(_CLAIM_ASYNC_COMMIT,
-                           {"job_id": job_id, "now": datetime.now(UTC)}).first()
+        row = dbapi.fetch_one(conn, _CLAIM_PG, {"job_id": job_id, "now": datetime.now(UTC)})
     assert row is None
