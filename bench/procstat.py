@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
+def _all_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """Every process: its pid, command name and the ``stat`` fields after the name."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -17,8 +18,14 @@ def _children() -> dict[int, list[int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
+        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+        yield int(entry.name), name, fields.split()
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for pid, _name, fields in _all_stats():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
 
 
@@ -57,18 +64,8 @@ def peak_rss_mb(pids: list[int]) -> float:
 
 def cpu_by_command() -> dict[int, tuple[str, float]]:
     """CPU seconds so far of every process on the machine, with its command name."""
-    out: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
-    return out
+    return {pid: (name, (int(fields[11]) + int(fields[12])) / TICK)
+            for pid, name, fields in _all_stats()}
 
 
 def spent_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],

@@ -8,10 +8,9 @@ messages can bring the events in time.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from tests.child import DEFAULT_REDIS_URL, run_json
 
 SCRIPT = textwrap.dedent("""
     from gevent import monkey
@@ -52,15 +51,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(mode: str) -> dict[str, object]:
-    import json
-
-    env = dict(os.environ, REDIS_URL=os.environ.get("CHORUS_TEST_REDIS_URL",
-                                                     "redis://127.0.0.1:6379/0"))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_json(SCRIPT, mode, timeout=30, REDIS_URL=DEFAULT_REDIS_URL)
 
 
 def test_a_job_the_process_took_arrives_on_its_relay_channel_without_a_subscription() -> None:

@@ -4,11 +4,9 @@ request with 503 and releases the hold. Real PostgreSQL, real Redis, a child pro
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+
+from tests.child import run_json
 
 SCRIPT = textwrap.dedent("""
     from gevent import monkey
@@ -63,12 +61,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(pg_url: str, redis_url: str, mode: str, credits: int) -> dict[str, object]:
-    env = dict(os.environ, REDIS_URL=redis_url, CHORUS_DATABASE_URL=pg_url)
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(credits)], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_json(SCRIPT, mode, str(credits), REDIS_URL=redis_url,
+                    CHORUS_DATABASE_URL=pg_url)
 
 
 BODY = {"model": "gpt-5.2", "messages": [{"role": "user", "content": "hi"}]}

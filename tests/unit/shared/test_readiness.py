@@ -6,11 +6,9 @@ counts its turns shows whether a check went through the hub. Real sockets, a rea
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+
+from tests.child import DEFAULT_REDIS_URL, run_json
 
 SCRIPT = textwrap.dedent("""
     from gevent import monkey
@@ -59,13 +57,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(mode: str) -> dict[str, object]:
-    env = dict(os.environ, REDIS_URL=os.environ.get("CHORUS_TEST_REDIS_URL",
-                                                     "redis://127.0.0.1:6379/0"))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
-    return result
+    return run_json(SCRIPT, mode, timeout=30, REDIS_URL=DEFAULT_REDIS_URL)
 
 
 STATES = {"idle": False, "idle_redis": False, "data": True, "data_redis": True,
