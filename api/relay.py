@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import gevent
@@ -186,6 +186,10 @@ def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
     return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
 
 
+class ClientGone(Exception):
+    """The client of a stream hung up while the stream had nothing to write."""
+
+
 def follow_batches(
     relay: Relay,
     client: redis.Redis,
@@ -194,11 +198,14 @@ def follow_batches(
     poll_s: float = 1.0,
     keepalive_s: float = 15.0,
     own: bool = False,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[list[Item] | None]:
     """Every event of the job after ``after``, exactly once and in order, until the final
     one, in batches of whatever is ready at once (so a busy stream is written with fewer
     syscalls). Yields ``None`` as a keepalive tick after ``keepalive_s`` of silence.
-    ``own``: this process took the job (see ``Relay.watch``)."""
+    ``own``: this process took the job (see ``Relay.watch``). ``gone``, asked after each
+    ``poll_s`` of silence, tells whether the client hung up: then ``ClientGone``, since
+    a hang-up is otherwise seen only at the next write."""
     last = after
     quiet = 0.0
     with relay.watch(job_id, own) as w:
@@ -237,6 +244,8 @@ def follow_batches(
                 continue
             item = w.get(timeout=poll_s)
             if item is None:
+                if gone is not None and gone():
+                    raise ClientGone(job_id)
                 # Silence: check the list in case pub/sub lost the message.
                 pending = backlog(client, job_id, last)
                 quiet = 0.0 if pending else quiet + poll_s

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app, request, stream_with_context
 
 from api.errors import unavailable
-from api.relay import Relay, follow, follow_batches
-from shared import events
+from api.relay import ClientGone, Relay, follow, follow_batches
+from shared import events, readiness
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -42,6 +43,23 @@ def on_disconnect(job_id: str) -> None:
 Frames = Callable[[int | None, str], Iterable[bytes]]
 
 
+def hang_up_check(environ: dict[str, Any]) -> Callable[[], bool] | None:
+    """Whether the client of this request hung up, for a stream waiting in silence; None
+    where the server does not hand over the client's socket (gunicorn does)."""
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def gone() -> bool:
+        # A client waiting for its response sends nothing: readable means it closed.
+        try:
+            return readiness.readable(sock) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    return gone
+
+
 def chorus_frames(seq: int | None, data: str) -> Iterable[bytes]:
     if seq is None:
         return (f"data: {data}\n\n".encode(),)
@@ -59,6 +77,7 @@ def sse_response(
     """Stream the job's events after ``after``; ``own``: this process took the job."""
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    gone = hang_up_check(request.environ)
 
     def generate() -> Iterator[bytes]:
         finished = False
@@ -66,7 +85,7 @@ def sse_response(
         # once: one that drops before the first token can still resume by job id.
         yield events.OPENING_FRAME
         try:
-            for batch in follow_batches(relay, client, job_id, after, own=own):
+            for batch in follow_batches(relay, client, job_id, after, own=own, gone=gone):
                 if batch is None:
                     yield events.KEEPALIVE_FRAME
                     continue
@@ -83,6 +102,8 @@ def sse_response(
             yield from frames(None, payload)
             yield events.DONE_FRAME
             finished = True
+        except ClientGone:
+            pass  # not finished: the hook below runs
         finally:
             if not finished and cancel_on_disconnect:
                 with app.app_context():

@@ -16,6 +16,19 @@ from typing import Any
 from gevent import monkey
 
 _installed = False
+_original_poll = monkey.get_original("select", "poll")
+
+
+def readable(sock: object) -> bool:
+    """Whether the socket has something to read (data, its end, an error) right now;
+    never blocks, never yields. A closed socket counts as readable."""
+    fileno = getattr(sock, "fileno", None)
+    fd = fileno() if fileno is not None else -1
+    if fd < 0:
+        return True
+    poller = _original_poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def install() -> None:
@@ -25,17 +38,6 @@ def install() -> None:
         return
     import httpcore._backends.sync as httpcore_sync
     import redis._parsers.hiredis as redis_hiredis
-
-    original_poll = monkey.get_original("select", "poll")
-
-    def readable(sock: object) -> bool:
-        fileno = getattr(sock, "fileno", None)
-        fd = fileno() if fileno is not None else -1
-        if fd < 0:
-            return True
-        poller = original_poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
 
     httpcore_sync.is_socket_readable = readable
     original_can_read = redis_hiredis._socket_can_read

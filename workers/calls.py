@@ -209,8 +209,9 @@ def run_model_call(
     parts: list[str] = []
     length = len(res.prefix)
     start = time.perf_counter()
+    guard = rt.stopper.watch(ctx.job_id)
     stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts,
-                         pacer=rt.pacer)
+                         pacer=rt.pacer, guard=guard)
     try:
         for delta in stream:
             now_ms = (time.perf_counter() - start) * 1000
@@ -248,6 +249,11 @@ def run_model_call(
         res.error = exc
     finally:
         stream.close()
+        rt.stopper.release(guard)
+    if guard.stopped:
+        # Its job was cancelled while the call waited: the broken read was the stop.
+        res.cancelled, res.error = True, None
+        ctx.seed_cancel(True)
     res.latency_ms = (time.perf_counter() - start) * 1000
     res.text = "".join(parts)
     res.tool_calls = tools.result()

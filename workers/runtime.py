@@ -16,6 +16,7 @@ from shared.settings import Settings, get_settings
 from workers.providers.client import Timeouts, make_http_client
 from workers.providers.read_pacing import Pacer
 from workers.publisher import CoalescingPublisher, EventSink, SyncPublisher
+from workers.stopper import Stopper
 
 
 @dataclass
@@ -35,6 +36,10 @@ class Runtime:
     def pacer(self) -> Pacer:
         s = self.settings
         return Pacer(s.stream_pace_ms / 1000, s.stream_pace_from)
+
+    @cached_property
+    def stopper(self) -> Stopper:
+        return Stopper(self.redis)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -152,3 +152,71 @@ def test_a_follower_leaving_does_not_cancel(api: httpx.Client, mock: httpx.Clien
     assert '"status":"succeeded"' in rest[-2]
     assert final_job(api, job_id)["status"] == "succeeded"
     assert not stats(mock)["client_disconnects"].get("gpt-5-mini")
+
+
+# The first token 8 s away: a model that thinks before it answers.
+THINKING = {"ttft_ms": 8000, "token_ms": 10, "tokens": 20}
+
+
+def assert_paid_for_the_prompt_only(stack: Stack, job_id: str, model_id: str,
+                                    key_credits: int) -> None:
+    with session_scope(stack.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "cancelled"
+        (log,) = list(session.execute(
+            select(RequestLog).where(RequestLog.job_id == job_id)).scalars())
+        account = session.execute(
+            select(Account).join(ApiKey, ApiKey.account_id == Account.id)
+            .where(ApiKey.id == job.key_id)
+        ).scalar_one()
+        ledger_sum = session.execute(
+            select(func.sum(LedgerEntry.amount)).where(LedgerEntry.account_id == account.id)
+        ).scalar_one()
+        charged, balance, reserved = job.credits_charged, account.balance, account.reserved
+        prompt, completion, status = log.prompt_tokens, log.completion_tokens, log.status
+    assert status == "cancelled" and completion == 0
+    assert charged == get_registry().get(model_id).cost(prompt, 0)
+    assert balance == Decimal(key_credits) - charged == ledger_sum
+    assert reserved == 0
+
+
+def test_leaving_before_the_first_token_stops_the_provider(
+    stack: Stack, mock: httpx.Client
+) -> None:
+    key = stack.create_key(credits=1000)
+    mock.post("/_mock/config", json={"model": "gpt-5.2", **THINKING})
+    with httpx.Client(base_url=stack.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as api:
+        body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
+        with api.stream("POST", "/api/v1/chat", json=body) as resp:
+            job_id = resp.headers["X-Chorus-Job-Id"]
+            wait_until(lambda: stats(mock)["active_streams"] == 1, timeout=2.0)
+        # Nothing more is written to this client before the first token: the API sees it
+        # leave within a second of silence, the worker within a quarter second more.
+        took = wait_until(
+            lambda: stats(mock)["client_disconnects"].get("gpt-5.2") == 1, timeout=3.0)
+        assert took < 3.0
+        assert stats(mock)["active_streams"] == 0
+        assert final_job(api, job_id)["status"] == "cancelled"
+    assert_paid_for_the_prompt_only(stack, job_id, "gpt-5.2", 1000)
+
+
+def test_a_cancel_stops_a_call_waiting_for_its_first_token(
+    stack: Stack, mock: httpx.Client
+) -> None:
+    key = stack.create_key(credits=1000)
+    mock.post("/_mock/config", json={"model": "gpt-5.2", **THINKING})
+    with httpx.Client(base_url=stack.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as api:
+        body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
+        with api.stream("POST", "/api/v1/chat", json=body) as resp:
+            job_id = resp.headers["X-Chorus-Job-Id"]
+            wait_until(lambda: stats(mock)["active_streams"] == 1, timeout=2.0)
+            asked = time.monotonic()
+            assert api.delete(f"/api/v1/jobs/{job_id}").status_code == 200
+            events = [d for _s, d in iter_sse(resp)]
+            ended = time.monotonic() - asked
+        assert events[-1] == "[DONE]" and '"status":"cancelled"' in events[-2]
+        assert ended < 2.0, f"the stream ended {ended:.2f} s after the cancel"
+        assert stats(mock)["client_disconnects"].get("gpt-5.2") == 1
+    assert_paid_for_the_prompt_only(stack, job_id, "gpt-5.2", 1000)

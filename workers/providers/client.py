@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -27,6 +28,9 @@ from workers.providers.errors import (
 )
 from workers.providers.read_pacing import PacedTransport, Pacer
 from workers.providers.registry import get_adapter
+
+if TYPE_CHECKING:
+    from workers.stopper import Guard
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ def stream_chat(
     api_key: str | None = None,
     timeouts: Timeouts = Timeouts(),
     pacer: Pacer | None = None,
+    guard: Guard | None = None,
 ) -> Generator[Delta, None, None]:
     """Yield deltas as the provider streams them; raise a ``ProviderError`` on any failure.
 
@@ -64,7 +69,8 @@ def stream_chat(
     A stream that ends without a finish reason is ``StreamBroken``: a provider that hangs
     up mid-answer must never look like a short, successful one. Every mid-stream error
     carries the text streamed so far in ``partial_text``. With a ``pacer``, a busy
-    process reads the stream at most once per pace after its first token.
+    process reads the stream at most once per pace after its first token; a ``guard``
+    learns the stream's connection and hears each token (see ``workers.stopper``).
     """
     adapter = get_adapter(model.provider.adapter)
     key = model.provider.api_key() if api_key is None else api_key
@@ -77,12 +83,16 @@ def stream_chat(
             if resp.status_code >= 400:
                 body = resp.read().decode("utf-8", "replace")
                 raise adapter.map_error(resp.status_code, body, resp.headers)
+            if guard is not None:
+                guard.opened(resp)
             with (pacer or Pacer()).streaming(resp) as pace:
                 for sse in EventSource(resp).iter_sse():
                     for delta in adapter.parse_stream_event(sse.event, sse.data):
                         out = assembler.feed(delta)
                         if out is not None:
                             pace.token_seen()
+                            if guard is not None:
+                                guard.heard()
                             yield out
     except ProviderError as exc:
         exc.partial_text = assembler.text

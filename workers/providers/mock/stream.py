@@ -151,14 +151,20 @@ def paced(
             if unit.kind != "head":
                 # Pace against deadlines, not relative sleeps: under load each sleep
                 # overshoots a little, and a real provider does not drift that way.
-                if not started:
+                first = not started
+                if first:
                     due = time.monotonic() + profile.ttft_ms / 1000.0
                     started = True
                 elif unit.kind == "token" and sent > 0:
                     due += profile.token_ms / 1000.0
                 delay = due - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    # The wait for the first token may be long (a model thinking): a
+                    # client that leaves meanwhile is seen at once, as upstream would.
+                    if first and hold(sock, delay):
+                        return
+                    if not first:
+                        time.sleep(delay)
                 # A failed write ends the stream too; the check finds a client gone
                 # between writes, at most every CHECK_GONE_S: two syscalls before each
                 # token would cost a fast stream more than its write.
