@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from shared.router import Decision, get_router
+from workers.breaking import breaker_for
 from workers.calls import JobContext
 from workers.jobs import JobSpec, Outcome, handler
-from workers.mesh import MeshRun, breaker_for, run_chain
+from workers.mesh import MeshRun, run_chain
 from workers.providers.base import ChatCall
 
 

@@ -18,7 +18,7 @@ import redis
 
 from shared.breaker import Breaker, Ticket, probe_key
 from shared.registry import ModelSpec
-from workers.mesh import breaker_for
+from workers.breaking import breaker_for
 from workers.providers.base import ChatCall
 from workers.providers.client import Timeouts, complete_chat
 from workers.providers.errors import ProviderError

@@ -16,14 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import redis
-
-from shared.breaker import PROBE, Breaker, BreakerConfig, Ticket
+from shared.breaker import PROBE, Breaker, Ticket
 from shared.registry import ModelSpec
+from workers.breaking import BreakerOpen, acquire, failure_reason, report, skipped
 from workers.calls import CallResult, JobContext, run_model_call
 from workers.providers.base import ChatCall, estimate_tokens
 from workers.providers.errors import ProviderError
-from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +32,6 @@ CONTINUE_PROMPT = (
 )
 # A repeat shorter than this at the seam is left alone: it may be a coincidence.
 MIN_OVERLAP = 12
-
-
-class BreakerOpen(ProviderError):
-    """Not a provider answer: the model's shared breaker said skip it."""
-
-    code = "breaker_open"
 
 
 def overlap(prefix: str, text: str, minimum: int = MIN_OVERLAP) -> int:
@@ -136,13 +128,6 @@ class MeshRun:
         }
 
 
-def failure_reason(error: ProviderError, produced: str) -> str:
-    reason = f"{error.code}: {error.message}"
-    if produced:
-        reason += f" (after {len(produced)} chars)"
-    return reason
-
-
 def run_chain(
     ctx: JobContext,
     chain: Sequence[ModelSpec],
@@ -163,7 +148,7 @@ def run_chain(
         if ctx.cancelled():
             run.attempts.append(Attempt(model.id, "cancelled", "job cancelled"))
             break
-        ticket = _acquire(breaker, model.id) if consult else None
+        ticket = acquire(breaker, model.id) if consult else None
         if ticket is not None and not ticket.allowed:
             _skip(ctx, run, model, ticket, announce)
             continue
@@ -180,7 +165,7 @@ def run_chain(
             continuation=RepeatGuard(answer) if answer else None,
         )
         run.calls.append(res)
-        _report(breaker, model.id, res, ticket)
+        report(breaker, model.id, res, ticket)
         elapsed = (time.perf_counter() - begun) * 1000
         if res.cancelled:
             run.attempts.append(Attempt(model.id, "cancelled", "job cancelled", elapsed))
@@ -217,41 +202,11 @@ def _skip(ctx: JobContext, run: MeshRun, model: ModelSpec, ticket: Ticket,
           announce: bool) -> None:
     reason = ticket.reason()
     run.attempts.append(Attempt(model.id, "skipped", reason))
-    skipped = CallResult(model=model.id, provider=model.provider.name, role=None, layer=None,
-                         error=BreakerOpen(reason, retry_after=ticket.retry_in_s))
-    skipped.finish_reason = "error"
-    run.calls.append(skipped)
+    run.calls.append(skipped(model, ticket))
     log.info("mesh skip job=%s model=%s reason=%r", ctx.job_id, model.id, reason)
     if announce:
         ctx.publish({"event": "route", "model": model.id, "status": "skipped",
                      "reason": reason})
-
-
-def _acquire(breaker: Breaker, model_id: str) -> Ticket | None:
-    try:
-        return breaker.acquire(model_id)
-    except redis.RedisError as exc:
-        # A breaker that cannot be read must not stop traffic: the call goes ahead.
-        log.warning("breaker unavailable for %s, calling anyway: %s", model_id, exc)
-        return None
-
-
-def _report(breaker: Breaker, model_id: str, res: CallResult, ticket: Ticket | None) -> None:
-    err = res.error
-    if res.cancelled or (err is not None and not err.retryable):
-        # Says nothing about the model's health; a probe hands its turn back.
-        outcome = "release"
-    else:
-        outcome = "ok" if err is None else "fail"
-    try:
-        breaker.record(
-            model_id, outcome, ticket=ticket,
-            retry_after_s=err.retry_after if err is not None else None,
-            reason="" if err is None else failure_reason(err, res.text),
-            latency_ms=res.latency_ms, ttft_ms=res.ttft_ms,
-        )
-    except redis.RedisError as exc:
-        log.warning("breaker unavailable for %s, outcome not recorded: %s", model_id, exc)
 
 
 def _log_failover(ctx: JobContext, run: MeshRun) -> None:
@@ -264,13 +219,3 @@ def _log_failover(ctx: JobContext, run: MeshRun) -> None:
     )
 
 
-_breakers: dict[int, tuple[Runtime, Breaker]] = {}
-
-
-def breaker_for(rt: Runtime) -> Breaker:
-    """The process' breaker client over the runtime's Redis, configured from settings."""
-    cached = _breakers.get(id(rt))
-    if cached is None or cached[0] is not rt:
-        cached = (rt, Breaker(rt.redis, BreakerConfig.from_settings(rt.settings)))
-        _breakers[id(rt)] = cached
-    return cached[1]

@@ -25,12 +25,15 @@ from celery import Celery, Signature, Task, chain, chord, current_task
 
 from shared.db import session_scope
 from shared.events import cancel_key
+from shared.registry import ModelSpec
 from shared.tables import Job
 from workers import pace
 from workers.app import celery
+from workers.breaking import acquire, breaker_for, report, skipped
 from workers.calls import CallResult, JobContext, run_model_call
 from workers.jobs import FINAL, JobSpec, Outcome, finish, job_context
 from workers.lease import REFRESH_S, JobBusy, Lease
+from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
 from workers.stages import (
     BUILDERS,
@@ -159,8 +162,7 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
             call = BUILDERS[step.prompt](spec.body, step, quoted, model)
             if step.temperature is not None:
                 call = dataclasses.replace(call, temperature=step.temperature)
-            res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
-                                 extra_tags=step.tags)
+            res = _guarded_call(ctx, model, call, step, tags)
         record: Record = {**res.to_record(), **tags, "key": step.key}
     except Exception as exc:  # a broken step is an answer that did not arrive, not a crash
         if isinstance(exc, StepError):
@@ -177,6 +179,30 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
     # This call's events must be in Redis before the chord body publishes anything.
     _safe(rt.publisher.flush)
     return _chord_result(record)
+
+
+# Fan-out roles, whose siblings carry the stage on: an open breaker skips them at once
+# instead of letting them wait out a failing provider. A synthesizer or a judge is the
+# one call of its stage and always goes ahead, as a chat with no fallback does.
+SKIPPABLE = frozenset({"candidate", "contestant"})
+
+
+def _guarded_call(ctx: JobContext, model: ModelSpec, call: ChatCall, step: Step,
+                  tags: dict[str, Any]) -> CallResult:
+    """The step's call, asking the model's shared breaker first and telling it after."""
+    breaker = breaker_for(ctx.runtime)
+    ticket = acquire(breaker, model.id) if step.role in SKIPPABLE else None
+    if ticket is not None and not ticket.allowed:
+        res = skipped(model, ticket, step.role, step.layer)
+        assert res.error is not None
+        shown = {k: v for k, v in tags.items() if v is not None}
+        ctx.publish({"event": "error", "model": model.id, **shown,
+                     "error": res.error.describe(), "content_length": 0})
+        return res
+    res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
+                         extra_tags=step.tags)
+    report(breaker, model.id, res, ticket)
+    return res
 
 
 # Into a live pipeline only: a call that outlived its job must not recreate its state.

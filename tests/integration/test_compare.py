@@ -130,6 +130,28 @@ def test_one_model_failing_gets_its_own_error_and_the_others_finish(
     assert final["summary"]["answered"] == 2 and final["summary"]["failed"] == 1
 
 
+def test_an_open_breaker_skips_its_candidate_at_once(
+    api: httpx.Client, mock: httpx.Client
+) -> None:
+    mock.post("/_mock/config", json={"model": "*", "ttft_ms": 10, "token_ms": 2, "tokens": 8})
+    mock.post("/_mock/config", json={"model": "gemini-3-flash",
+                                     "fault": {"kind": "status", "status": 500}})
+    # Each failed candidate call counts against its model's shared breaker.
+    for _ in range(get_settings().breaker_failures):
+        s = stream_post(api, "/api/v1/compare", {"models": THREE, "messages": MSG})
+        failed = next(r for r in s.final["results"] if r["model"] == "gemini-3-flash")
+        assert failed["error"]["code"] == "upstream_server_error"
+    called = mock.get("/_mock/stats").json()["calls"]["gemini-3-flash"]
+    s = stream_post(api, "/api/v1/compare", {"models": THREE, "messages": MSG})
+    errors = [e for e in s.events if e["event"] == "error" and not e.get("final")]
+    assert [(e["model"], e["role"], e["error"]["code"]) for e in errors] == [
+        ("gemini-3-flash", "candidate", "breaker_open")]
+    assert mock.get("/_mock/stats").json()["calls"]["gemini-3-flash"] == called
+    final = s.final
+    assert final["status"] == "succeeded"
+    assert final["summary"]["answered"] == 2 and final["summary"]["failed"] == 1
+
+
 def test_every_model_failing_is_a_502(api: httpx.Client, mock: httpx.Client) -> None:
     mock.post("/_mock/config", json={"model": "*", "fault": {"kind": "status", "status": 503}})
     r = api.post("/api/v1/compare", json={"models": THREE[:2], "messages": MSG})

@@ -22,9 +22,6 @@ from workers.runtime import Runtime
 MSG = [{"role": "user", "content": "Say something."}]
 
 
-pytestmark = pytest.mark.usefixtures("clean_breakers")
-
-
 def health(api: httpx.Client) -> dict[str, dict[str, Any]]:
     r = api.get("/api/v1/models")
     assert r.status_code == 200, r.text

@@ -51,9 +51,6 @@ def workers(stack: Stack) -> Iterator[tuple[str, ...]]:
             stack.start_worker()
 
 
-pytestmark = pytest.mark.usefixtures("clean_breakers")
-
-
 def fault(mock: httpx.Client, model: str, **kw: Any) -> None:
     r = mock.post("/_mock/config", json={"model": UPSTREAM[model], **kw})
     assert r.status_code == 200, r.text

@@ -16,10 +16,10 @@ from shared import events
 from shared.breaker import Breaker, BreakerConfig, model_keys
 from shared.registry import Registry, parse_registry
 from shared.settings import PACKAGE_DIR, Settings
+from workers.breaking import BreakerOpen
 from workers.calls import JobContext
 from workers.mesh import (
     CONTINUE_PROMPT,
-    BreakerOpen,
     RepeatGuard,
     continue_call,
     overlap,
