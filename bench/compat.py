@@ -5,7 +5,9 @@ Starts a real stack (as ``bench.gateway`` does), then in one run:
 - streams the same chat natively (SSE), through ``/v1/chat/completions`` and over one
   WebSocket carrying every job at once, and reports TTFT and total time side by side;
 - drops the client mid-stream (SSE, OpenAI stream, WebSocket) and times until the mock
-  provider sees its stream closed.
+  provider sees its stream closed;
+- the same before the first token of a model that thinks for 10 s: the client leaves,
+  or cancels the job with ``DELETE``.
 
     .venv/bin/python -m bench.compat [--requests 200] [--concurrency 20] [--disconnects 15]
 """
@@ -34,11 +36,18 @@ TOKENS = 50
 PROFILE = {"model": UPSTREAM, "ttft_ms": 50, "token_ms": 5, "tokens": TOKENS}
 # Long answers for the disconnect runs: 30 ms a token, 10 s in all.
 SLOW = {"model": "deepseek-chat", "ttft_ms": 20, "token_ms": 30, "tokens": 330}
+# A model that thinks 10 s before its first token, for leaving (or cancelling) before it.
+THINKING = {"model": "llama-3.3-70b-versatile", "ttft_ms": 10_000, "token_ms": 10,
+            "tokens": 20}
+THINKING_MODEL = "llama-3.3-70b"
 MESSAGES = [{"role": "user", "content": "Benchmark me."}]
 
 
 def openai_body() -> bytes:
-    return json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES}).encode()
+    # A busy worker joins tokens read together into one chunk (paced reads): the usage
+    # chunk, not the chunk count, tells that every token arrived.
+    return json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES,
+                       "stream_options": {"include_usage": True}}).encode()
 
 
 def ws_url(s: Stack) -> str:
@@ -75,29 +84,35 @@ def ws_multiplexed(s: Stack, key: str, jobs: int) -> dict[str, float]:
             "rps": round(jobs / wall, 1), "errors": 0}
 
 
-def closed_streams(mock: httpx.Client) -> int:
+def closed_streams(mock: httpx.Client, upstream: str = str(SLOW["model"])) -> int:
     stats = mock.get("/_mock/stats").json()
-    return int(stats["client_disconnects"].get(SLOW["model"], 0))
+    return int(stats["client_disconnects"].get(upstream, 0))
 
 
-def wait_closed(mock: httpx.Client, before: int, left: float) -> float:
-    while closed_streams(mock) <= before:
+def wait_closed(mock: httpx.Client, before: int, left: float,
+                upstream: str = str(SLOW["model"])) -> float:
+    while closed_streams(mock, upstream) <= before:
         if time.perf_counter() - left > 10:
             return float("inf")
         time.sleep(0.005)
     return (time.perf_counter() - left) * 1000
 
 
-def drop_sse(s: Stack, key: str, path: str, body: dict[str, Any]) -> float:
-    """Read ten token lines, close the socket, time until the provider stream closes."""
-    mock = httpx.Client(base_url=s.mock_url)
-    before = closed_streams(mock)
+def open_sse(s: Stack, key: str, path: str, body: dict[str, Any]) -> socket.socket:
     host, port = s.url.removeprefix("http://").split(":")
     raw = json.dumps(body).encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
                  f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
                  .encode() + raw)
+    return sock
+
+
+def drop_sse(s: Stack, key: str, path: str, body: dict[str, Any]) -> float:
+    """Read ten token lines, close the socket, time until the provider stream closes."""
+    mock = httpx.Client(base_url=s.mock_url)
+    before = closed_streams(mock)
+    sock = open_sse(s, key, path, body)
     seen = 0
     buf = b""
     while seen < 10:
@@ -105,6 +120,33 @@ def drop_sse(s: Stack, key: str, path: str, body: dict[str, Any]) -> float:
         seen = buf.count(b'"delta":"') + buf.count(b'"content":"')
     sock.close()
     return wait_closed(mock, before, time.perf_counter())
+
+
+def early(s: Stack, key: str, cancel: bool) -> float:
+    """Open a stream of the thinking model, wait until the provider call is open, then
+    leave (or cancel the job); time until the provider stream closes."""
+    upstream = str(THINKING["model"])
+    mock = httpx.Client(base_url=s.mock_url)
+    before = closed_streams(mock, upstream)
+    opened = int(mock.get("/_mock/stats").json()["calls"].get(upstream, 0))
+    body = {"model": THINKING_MODEL, "stream": True, "messages": MESSAGES}
+    sock = open_sse(s, key, "/api/v1/chat", body)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    job_id = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"x-chorus-job-id:"))
+    while int(mock.get("/_mock/stats").json()["calls"].get(upstream, 0)) <= opened:
+        time.sleep(0.005)
+    left = time.perf_counter()
+    if cancel:
+        httpx.delete(f"{s.url}/api/v1/jobs/{job_id}",
+                     headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+    else:
+        sock.close()
+    took = wait_closed(mock, before, left, upstream)
+    sock.close()
+    return took
 
 
 def drop_ws(s: Stack, key: str) -> float:
@@ -125,11 +167,14 @@ def drop_ws(s: Stack, key: str) -> float:
 
 def disconnects(s: Stack, key: str, runs: int) -> dict[str, dict[str, float]]:
     httpx.post(f"{s.mock_url}/_mock/config", json=SLOW).raise_for_status()
+    httpx.post(f"{s.mock_url}/_mock/config", json=THINKING).raise_for_status()
     native = {"model": "deepseek-v3.2", "stream": True, "messages": MESSAGES}
     kinds = {
         "sse": lambda: drop_sse(s, key, "/api/v1/chat", native),
         "openai": lambda: drop_sse(s, key, "/v1/chat/completions", native),
         "websocket": lambda: drop_ws(s, key),
+        "sse, before the first token": lambda: early(s, key, cancel=False),
+        "DELETE, before the first token": lambda: early(s, key, cancel=True),
     }
     out = {}
     for name, once in kinds.items():
