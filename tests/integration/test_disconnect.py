@@ -4,6 +4,7 @@ for the tokens produced, unless it asked the job to keep running."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -46,8 +47,19 @@ def final_job(api: httpx.Client, job_id: str) -> dict[str, Any]:
     return job
 
 
-def assert_paid_only_produced(stack: Stack, job_id: str, model_id: str, key_credits: int,
-                              full_tokens: int) -> None:
+@dataclass
+class Settled:
+    charged: Decimal
+    balance: Decimal
+    reserved: Decimal
+    ledger_sum: Decimal
+    prompt: int
+    completion: int
+    status: str
+
+
+def settled(stack: Stack, job_id: str) -> Settled:
+    """The job's charge, its account's wallet and ledger, its one call's request log."""
     with session_scope(stack.database_url) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.credits_charged is not None
@@ -60,15 +72,20 @@ def assert_paid_only_produced(stack: Stack, job_id: str, model_id: str, key_cred
         ledger_sum = session.execute(
             select(func.sum(LedgerEntry.amount)).where(LedgerEntry.account_id == account.id)
         ).scalar_one()
-        charged, balance, reserved = job.credits_charged, account.balance, account.reserved
-        prompt, completion, status = log.prompt_tokens, log.completion_tokens, log.status
-    assert status == "cancelled"
-    assert 0 < completion < full_tokens / 4
+        return Settled(job.credits_charged, account.balance, account.reserved, ledger_sum,
+                       log.prompt_tokens, log.completion_tokens, log.status)
+
+
+def assert_paid_only_produced(stack: Stack, job_id: str, model_id: str, key_credits: int,
+                              full_tokens: int) -> None:
+    got = settled(stack, job_id)
+    assert got.status == "cancelled"
+    assert 0 < got.completion < full_tokens / 4
     model = get_registry().get(model_id)
     # Exactly the produced tokens at the model's prices; no base fee for a cancelled job.
-    assert charged == model.cost(prompt, completion) > 0
-    assert balance == Decimal(key_credits) - charged == ledger_sum
-    assert reserved == 0
+    assert got.charged == model.cost(got.prompt, got.completion) > 0
+    assert got.balance == Decimal(key_credits) - got.charged == got.ledger_sum
+    assert got.reserved == 0
 
 
 def test_sse_disconnect_stops_the_provider_within_a_second(
@@ -160,24 +177,11 @@ THINKING = {"ttft_ms": 8000, "token_ms": 10, "tokens": 20}
 
 def assert_paid_for_the_prompt_only(stack: Stack, job_id: str, model_id: str,
                                     key_credits: int) -> None:
-    with session_scope(stack.database_url) as session:
-        job = session.get(Job, job_id)
-        assert job is not None and job.status == "cancelled"
-        (log,) = list(session.execute(
-            select(RequestLog).where(RequestLog.job_id == job_id)).scalars())
-        account = session.execute(
-            select(Account).join(ApiKey, ApiKey.account_id == Account.id)
-            .where(ApiKey.id == job.key_id)
-        ).scalar_one()
-        ledger_sum = session.execute(
-            select(func.sum(LedgerEntry.amount)).where(LedgerEntry.account_id == account.id)
-        ).scalar_one()
-        charged, balance, reserved = job.credits_charged, account.balance, account.reserved
-        prompt, completion, status = log.prompt_tokens, log.completion_tokens, log.status
-    assert status == "cancelled" and completion == 0
-    assert charged == get_registry().get(model_id).cost(prompt, 0)
-    assert balance == Decimal(key_credits) - charged == ledger_sum
-    assert reserved == 0
+    got = settled(stack, job_id)
+    assert got.status == "cancelled" and got.completion == 0
+    assert got.charged == get_registry().get(model_id).cost(got.prompt, 0)
+    assert got.balance == Decimal(key_credits) - got.charged == got.ledger_sum
+    assert got.reserved == 0
 
 
 def test_leaving_before_the_first_token_stops_the_provider(
