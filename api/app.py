@@ -11,7 +11,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import account, jobs, openai_compat, openapi, ratelimit, system, ws
+from api import account, batches, jobs, openai_compat, openapi, ratelimit, system, ws
 from api.errors import ApiError
 from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Metered before any view runs; every response gets the X-RateLimit-* headers.
     ratelimit.init_app(app, client, settings)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(batches.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(openai_compat.bp)

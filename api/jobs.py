@@ -43,15 +43,17 @@ def _redis() -> redis.Redis:
 MODEL_PARAM = {"chat": "model", "compare": "models", "blend": "models", "judge": "contestants"}
 
 
-def start_job(owner: KeyOwner, kind: str, req: Common) -> str:
+def start_job(owner: KeyOwner, kind: str, req: Common, *, follow: bool = True) -> str:
     """Check the models, store the job and hold its credits; the caller enqueues it.
 
-    Every entry point (REST, OpenAI-compatible, WebSocket) goes through here so they
-    share validation, credits and the ``chorus.before_enqueue`` hook."""
+    Every entry point (REST, OpenAI-compatible, WebSocket, batches) goes through here so
+    they share validation, credits and the ``chorus.before_enqueue`` hook. ``follow``:
+    this process relays the job's events to a client (a batch's jobs have none)."""
     registry = _registry()
     check_models(req.model_ids(), registry, MODEL_PARAM[kind])
     body = req.model_dump(mode="json", exclude_none=True)
-    job_id, _hold = create_job(owner, kind, body, registry, _redis(), _relay().channel)
+    relay = _relay().channel if follow else None
+    job_id, _hold = create_job(owner, kind, body, registry, _redis(), relay)
     hook = current_app.extensions.get("chorus.before_enqueue")
     if hook is not None:
         hook(job_id, body)

@@ -19,6 +19,8 @@ from api.account import ByokBody, LimitBody, Page, UsageQuery
 from shared import api_models as am
 from shared.registry import Registry, get_registry
 from shared.schemas import (
+    MAX_BATCH_LINES,
+    BatchLine,
     BlendRequest,
     ChatCompletionRequest,
     ChatRequest,
@@ -55,14 +57,14 @@ RATE_HEADERS = {
 }
 REQUEST_MODELS: list[type[BaseModel]] = [
     ChatRequest, CompareRequest, BlendRequest, JudgeRequest, ChatCompletionRequest,
-    LimitBody, ByokBody,
+    LimitBody, ByokBody, BatchLine,
 ]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     am.ErrorBody, am.InsufficientCredits, am.JobFinal, am.JobFailed, am.JobView,
     am.CancelAccepted, am.ModelList, am.Health, am.Readiness, am.OpenAIError,
     am.ChatCompletion, am.ChatCompletionChunk, am.OpenAIModel, am.OpenAIModelList,
     am.CreditsView, am.UsageView, am.BudgetsView, am.SessionDefault, am.SessionBudget,
-    am.ByokKey, am.ByokList, am.ByokDeleted,
+    am.ByokKey, am.ByokList, am.ByokDeleted, am.BatchView, am.BatchResultLine,
 ]
 
 
@@ -83,6 +85,12 @@ class Op:
     description: str = ""
     params: tuple[dict[str, Any], ...] = ()
     extra_responses: dict[str, Any] = field(default_factory=dict)
+    # A request body that is not one JSON model (JSONL, say): its content map as is.
+    request_content: dict[str, Any] | None = None
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 def query_params(model: type[BaseModel]) -> tuple[dict[str, Any], ...]:
@@ -105,6 +113,8 @@ PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"type
             "description": "a provider name of the registry (see GET /api/v1/models)"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
           "description": "the job id (a UUID) from a submit response or stream"}
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "the batch id from POST /api/v1/batches"}
 SUBMIT_ERRORS = (400, 401, 402, 413, 429, 502, 503)
 SUBMIT_TEXT = (
     "With `stream: true` the answer is an SSE stream (`text/event-stream`; the job id is "
@@ -135,6 +145,36 @@ OPS: list[Op] = [
                {"name": "last_event_id", "in": "query", "required": False,
                 "schema": {"type": "string"},
                 "description": "the same, for clients that cannot set headers"})),
+    Op("post", "/api/v1/batches", "Many jobs at once: JSONL in, one job a line", "batches",
+       am.BatchView, errors=(400, 401, 413, 429, 503),
+       extra_responses={"201": {"description": "the batch, its jobs queued", "content": {
+           "application/json": {"schema": _ref(am.BatchView)}}}},
+       json_ok=False,
+       description=f"Up to {MAX_BATCH_LINES} lines, each a `BatchLine` "
+                   "(`custom_id`, `endpoint`: chat|compare|blend|judge, `body` as that "
+                   "endpoint takes it, without `stream`). Every line is checked first: a "
+                   "bad one is a 400 whose `param` names it (`lines.<i>…`, from 0) and "
+                   "nothing is created. Each line becomes a job with its own credit hold, "
+                   "run on the batch queue; a line whose hold is refused has no job and "
+                   "its result line says why.",
+       request_content={
+           "application/jsonl": {"schema": {"type": "string"},
+                                 "example": '{"custom_id":"q1","endpoint":"chat","body":{'
+                                            '"model":"gpt-5-mini","messages":[{"role":'
+                                            '"user","content":"Hi"}]}}\n'},
+           "application/json": {"schema": {
+               "type": "object", "required": ["lines"], "additionalProperties": False,
+               "properties": {"lines": {"type": "array", "items": _ref(BatchLine)}}}}}),
+    Op("get", "/api/v1/batches/{batch_id}", "A batch's progress: counts by status", "batches",
+       am.BatchView, errors=(401, 404, 429, 503), params=(BATCH_ID,)),
+    Op("get", "/api/v1/batches/{batch_id}/results", "A batch's results as JSONL", "batches",
+       errors=(401, 404, 429, 503), json_ok=False, params=(BATCH_ID,),
+       description="One `BatchResultLine` (see components) per line of the batch, in its "
+                   "order; a job not ended yet has its status and no result.",
+       extra_responses={"200": {"description": "JSONL", "content": {"application/jsonl": {
+           "schema": {"type": "string"}}}}}),
+    Op("delete", "/api/v1/batches/{batch_id}", "Cancel a batch's jobs not ended yet",
+       "batches", am.BatchView, errors=(401, 404, 429, 503), params=(BATCH_ID,)),
     Op("get", "/api/v1/models", "The model registry: prices, context, capabilities",
        "models", am.ModelList, errors=(401, 429, 503)),
     Op("get", "/api/v1/ws", "WebSocket: the job requests and events over one socket", "jobs",
@@ -199,10 +239,6 @@ OPS: list[Op] = [
 ]
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
 def request_examples(registry: Registry) -> dict[str, dict[str, Any]]:
     """Bodies that work against this deployment's registry."""
     ids = list(registry.models) or ["model-a", "model-b", "model-c"]
@@ -222,6 +258,8 @@ def request_examples(registry: Registry) -> dict[str, dict[str, Any]]:
                                   "chorus": {"fallback": [b]}},
         "LimitBody": {"limit": 25.0},
         "ByokBody": {"api_key": "sk-your-own-provider-key"},
+        "BatchLine": {"custom_id": "q1", "endpoint": "compare",
+                      "body": {"models": [a, b], "messages": msgs, "max_tokens": 64}},
     }
 
 
@@ -270,6 +308,8 @@ def _operation(op: Op, examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["parameters"] = list(op.params)
     if op.public:
         out["security"] = []
+    if op.request_content is not None:
+        out["requestBody"] = {"required": True, "content": op.request_content}
     if op.request is not None:
         body: dict[str, Any] = {"schema": _ref(op.request)}
         example = examples.get(op.request.__name__)

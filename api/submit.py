@@ -40,13 +40,15 @@ def parse_body(model: type[T]) -> T:
     return validate_json(model, raw)
 
 
-def validate_json(model: type[T], raw: str | bytes) -> T:
-    """Validate a JSON object strictly; the first problem becomes a 400 naming its field."""
+def validate_json(model: type[T], raw: str | bytes, where: str = "") -> T:
+    """Validate a JSON object strictly; the first problem becomes a 400 naming its field,
+    under ``where`` (the object's own place in the body) if given."""
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        loc = [str(p) for p in first["loc"]]
+        param = ".".join([where, *loc] if where else loc) or None
         raise bad_request(f"{param or 'body'}: {first['msg']}", param) from exc
 
 

@@ -77,6 +77,39 @@ class JobView(BaseModel):
     finished_at: str | None
 
 
+class BatchCounts(BaseModel):
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    not_submitted: int = Field(description="lines whose hold was refused (402) or that "
+                                           "could not be stored; their result line says why")
+
+
+class BatchView(BaseModel):
+    id: str
+    status: Literal["in_progress", "completed", "cancelling", "cancelled"]
+    counts: BatchCounts
+    credits_charged: float = Field(description="what the batch's finished jobs were charged")
+    created_at: str
+    finished_at: str | None = Field(description="when its last job ended")
+    cancelled_at: str | None
+
+
+class BatchResultLine(BaseModel):
+    """One line of ``GET /api/v1/batches/{id}/results`` (JSONL), in the batch's order."""
+
+    custom_id: str
+    endpoint: str
+    job_id: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "not_submitted"]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    credits_charged: float | None
+
+
 class CancelAccepted(BaseModel):
     id: str
     status: str = Field(description="the job's status when the cancel was requested")

@@ -151,6 +151,25 @@ JOB_KINDS: dict[str, type[Common]] = {
 }
 
 
+# --- Batches (POST /api/v1/batches): one job a line, JSONL.
+
+MAX_BATCH_LINES = 1000
+
+
+class BatchLine(Strict):
+    """One line of a batch: a job's endpoint and its body, as that endpoint takes it."""
+
+    custom_id: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    endpoint: Literal["chat", "compare", "blend", "judge"]
+    body: dict[str, Any]
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        # "/api/v1/chat" names the same endpoint as "chat".
+        return v.removeprefix("/api/v1/") if isinstance(v, str) else v
+
+
 # --- The OpenAI-compatible body (POST /v1/chat/completions), translated to a ChatRequest.
 
 OpenAIRole = Literal["system", "developer", "user", "assistant", "tool"]
