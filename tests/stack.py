@@ -86,13 +86,14 @@ class Stack:
         return url
 
     def start_worker(self, name: str = "worker", concurrency: int = 100,
-                     env: dict[str, str] | None = None, loglevel: str = "info") -> None:
+                     env: dict[str, str] | None = None, loglevel: str = "info",
+                     queues: str = "interactive,batch") -> None:
         """Start a Celery worker; at ``info`` (which logs every task) wait until it
         consumes, else until its banner is out (it consumes a moment later)."""
         log = self.logs / f"{name}.log"
         proc = start(
             ["celery", "--app", "workers.app", "worker", "--pool", "gevent", "--concurrency",
-             str(concurrency), "--queues", "interactive,batch", "--without-gossip",
+             str(concurrency), "--queues", queues, "--without-gossip",
              "--without-mingle", "--loglevel", loglevel, "--hostname", f"{name}@%h"],
             {**self.env, **(env or {})}, log,
         )

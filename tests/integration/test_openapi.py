@@ -31,6 +31,14 @@ VERDICT = json.dumps({"scores": {"A": {"score": 7, "reason": "clear"},
                                  "B": {"score": 5, "reason": "vague"}}})
 
 
+@schemathesis.serializer("application/jsonl")
+def to_jsonl(_ctx: Any, value: Any) -> bytes:
+    """A batch body (``POST /api/v1/batches``): its text as is; anything else as JSON."""
+    if isinstance(value, str):
+        return value.encode()
+    return (json.dumps(value) + "\n").encode()
+
+
 @pytest.fixture(scope="module")
 def fuzz_key(stack: Stack) -> str:
     return stack.create_key(credits=10_000_000)
