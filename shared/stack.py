@@ -86,14 +86,16 @@ def announce(base: str, key: str, stop: threading.Event) -> None:
     else:
         return
     body = '{"model":"gpt-5.2","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
-    print(
-        "\nChorus is up.\n"
+    # One write, opening on a new line: the processes' output goes on from other threads
+    # (each of their lines in two writes, its text and its end), and the two machine-read
+    # lines must each stand whole on a line of their own.
+    sys.stdout.write(
+        "\n\nChorus is up.\n"
         f"  curl -N {base}/api/v1/chat -H 'Authorization: Bearer {key}' "
-        f"-H 'Content-Type: application/json' -d '{body}'\n",
-        flush=True,
+        f"-H 'Content-Type: application/json' -d '{body}'\n\n"
+        f"CHORUS_URL={base}\nCHORUS_KEY={key}\n"
     )
-    print(f"CHORUS_URL={base}", flush=True)
-    print(f"CHORUS_KEY={key}", flush=True)
+    sys.stdout.flush()
 
 
 def up(port: int | None) -> int:
