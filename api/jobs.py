@@ -170,9 +170,12 @@ def cancel_job(job_id: str) -> Response:
 
 
 def request_cancel(job_id: str) -> None:
-    """Raise the job's cancel flag; workers check it between tokens."""
+    """Raise the job's cancel flag and announce it; workers stop the job's calls."""
     try:
-        _redis().set(events.cancel_key(job_id), "1", ex=3600)
+        with _redis().pipeline(transaction=False) as pipe:
+            pipe.set(events.cancel_key(job_id), "1", ex=3600)
+            pipe.publish(events.CANCELS_CHANNEL, job_id)
+            pipe.execute()
     except redis.RedisError as exc:
         raise unavailable("redis") from exc
     hook = current_app.extensions.get("chorus.on_cancel")

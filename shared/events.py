@@ -38,6 +38,11 @@ def relay_message(message: bytes | str) -> tuple[str, tuple[int, str]]:
     return job_id, split_message(rest)
 
 
+# Where a cancel is announced (the job id): workers stop its calls at once; the flag
+# stays the record for those that missed the message (pub/sub is at-most-once).
+CANCELS_CHANNEL = "chorus:cancels"
+
+
 def cancel_key(job_id: str) -> str:
     return f"chorus:job:{job_id}:cancel"
 

@@ -242,8 +242,7 @@ def run_model_call(
                     tools.add(t.index, t.id, t.name, t.arguments)
             event.update(done=False, latency_ms=round(now_ms, 3), content_length=length)
             ctx.publish(event)
-            if ctx.cancelled():
-                res.cancelled = True
+            if guard.stopped:
                 break
     except ProviderError as exc:
         res.error = exc
@@ -251,7 +250,7 @@ def run_model_call(
         stream.close()
         rt.stopper.release(guard)
     if guard.stopped:
-        # Its job was cancelled while the call waited: the broken read was the stop.
+        # Its job was cancelled: a broken read after the stop is the stop, not an error.
         res.cancelled, res.error = True, None
         ctx.seed_cancel(True)
     res.latency_ms = (time.perf_counter() - start) * 1000

@@ -1,11 +1,11 @@
-"""Stops a cancelled job's provider call while it waits in silence, not at its next token.
+"""Stops a cancelled job's provider calls, whether they are streaming or waiting in silence.
 
-A call looks at its job's cancel flag after each token it relays, so a call still
-waiting for its first token (a reasoning model thinking, a slow upstream) would run,
-and be paid for, until that token arrived. One thread per process (a greenlet under
-gevent) looks every ``interval_s`` at the flags of the calls that have been quiet that
-long, in one Redis round trip, and shuts the connection of any whose job was
-cancelled: the blocked read returns at once, and the call ends as cancelled.
+A cancel is announced on a Redis channel; one listener per process stops the job's
+calls as the message arrives. Pub/sub is at-most-once, so one loop per process also
+reads, every ``interval_s``, the cancel flags of every call the process is making, in
+one round trip. Either way the call's connection is shut: its read returns at once,
+even one still waiting for a first token (a model thinking, a slow upstream), and the
+call ends as cancelled. (Both run as threads: greenlets under gevent.)
 """
 
 from __future__ import annotations
@@ -14,24 +14,21 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 
 import httpx
 import redis
 
-from shared.events import cancel_key
+from shared.events import CANCELS_CHANNEL, cancel_key
 
 log = logging.getLogger(__name__)
 
 
 class Guard:
-    """One provider call: its connection, when it last heard from it, whether it was
-    stopped."""
+    """One provider call: its connection, and whether it was stopped."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.stopped = False
-        self.last = time.monotonic()
         self._sock: socket.socket | None = None
 
     def opened(self, response: httpx.Response) -> None:
@@ -39,12 +36,8 @@ class Guard:
         stream = response.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
         self._sock = sock if isinstance(sock, socket.socket) else None
-        self.last = time.monotonic()
         if self.stopped:
             self.stop()  # cancelled while the headers were awaited
-
-    def heard(self) -> None:
-        self.last = time.monotonic()
 
     def stop(self) -> None:
         self.stopped = True
@@ -67,6 +60,7 @@ class Stopper:
         self._guards: dict[int, Guard] = {}
         self._lock = threading.Lock()
         self._looping = not loop
+        self._closed = threading.Event()
 
     def watch(self, job_id: str) -> Guard:
         """A guard for a call of the job, watched until ``release``."""
@@ -77,34 +71,67 @@ class Stopper:
                 self._looping = True
                 # Under gevent a patched thread is a greenlet: it costs a timer a tick.
                 threading.Thread(target=self._run, name="chorus-stopper", daemon=True).start()
+                threading.Thread(target=self._listen, name="chorus-cancels",
+                                 daemon=True).start()
         return g
 
     def release(self, g: Guard) -> None:
         with self._lock:
             self._guards.pop(id(g), None)
 
+    def close(self) -> None:
+        """Stop looking and listening (the process keeps its stopper for good; tests
+        make many)."""
+        self._closed.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
+        while not self._closed.wait(self.interval_s):
             try:
                 self.check()
-            except redis.RedisError as exc:  # the per-token check still stops calls
+            except Exception as exc:  # logged; nothing may end the loop but close()
                 log.warning("could not read cancel flags: %r", exc)
 
-    def check(self) -> int:
-        """Stop the quiet calls whose job was cancelled; how many were stopped."""
-        now = time.monotonic()
+    def _listen(self) -> None:
+        while not self._closed.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(CANCELS_CHANNEL)
+                while not self._closed.is_set():
+                    # Bounded, as the API's relay reads: a wait that never wakes would
+                    # leave this process to the loop alone.
+                    msg = pubsub.get_message(timeout=1.0)
+                    data = msg.get("data") if msg is not None else None
+                    if isinstance(data, bytes):
+                        self.stop_job(data.decode())
+            except Exception as exc:  # the loop still stops calls meanwhile
+                if not self._closed.is_set():
+                    log.warning("cancel announcements unavailable, listening again: %r",
+                                exc)
+                    self._closed.wait(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def stop_job(self, job_id: str) -> int:
+        """Stop the calls of a job announced cancelled; how many were stopped."""
         with self._lock:
-            quiet = [g for g in self._guards.values()
-                     if not g.stopped and now - g.last >= self.interval_s]
-        if not quiet:
+            calls = [g for g in self._guards.values() if g.job_id == job_id and not g.stopped]
+        for g in calls:
+            g.stop()
+        return len(calls)
+
+    def check(self) -> int:
+        """Stop the calls whose job was cancelled; how many were stopped."""
+        with self._lock:
+            running = [g for g in self._guards.values() if not g.stopped]
+        if not running:
             return 0
         with self._client.pipeline(transaction=False) as pipe:
-            for g in quiet:
+            for g in running:
                 pipe.exists(cancel_key(g.job_id))
             flags = pipe.execute()
         stopped = 0
-        for g, flag in zip(quiet, flags, strict=True):
+        for g, flag in zip(running, flags, strict=True):
             if flag:
                 g.stop()
                 stopped += 1

@@ -70,7 +70,8 @@ def stream_chat(
     up mid-answer must never look like a short, successful one. Every mid-stream error
     carries the text streamed so far in ``partial_text``. With a ``pacer``, a busy
     process reads the stream at most once per pace after its first token; a ``guard``
-    learns the stream's connection and hears each token (see ``workers.stopper``).
+    learns the stream's connection, to shut it if the job is cancelled
+    (see ``workers.stopper``).
     """
     adapter = get_adapter(model.provider.adapter)
     key = model.provider.api_key() if api_key is None else api_key
@@ -91,8 +92,6 @@ def stream_chat(
                         out = assembler.feed(delta)
                         if out is not None:
                             pace.token_seen()
-                            if guard is not None:
-                                guard.heard()
                             yield out
     except ProviderError as exc:
         exc.partial_text = assembler.text

@@ -1,12 +1,12 @@
-"""A call waiting in silence is stopped once its job is cancelled, and only then: against
-a real HTTP server that sends its headers and then nothing for a long time, and a real
-Redis holding the cancel flags."""
+"""A call is stopped once its job is cancelled, and only then, whether it streams or waits
+in silence: against a real HTTP server that sends its headers and then tokens or nothing
+for a long time, and a real Redis holding the cancel flags."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from shared.events import cancel_key
+from shared.events import CANCELS_CHANNEL, cancel_key
 from workers.stopper import Guard, Stopper
 
 SILENCE_S = 10.0
@@ -31,7 +31,14 @@ class _Silent(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
-        time.sleep(SILENCE_S)
+        if self.path != "/tokens":
+            time.sleep(SILENCE_S)
+            return
+        deadline = time.monotonic() + SILENCE_S
+        while time.monotonic() < deadline:
+            self.wfile.write(b"%X\r\n%s\r\n" % (len(b"data: x\n\n"), b"data: x\n\n"))
+            self.wfile.flush()
+            time.sleep(0.01)
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -51,6 +58,20 @@ def url() -> Iterator[str]:
 def stopper(redis_client: redis.Redis) -> Stopper:
     """Driven by the test's own calls of ``check``."""
     return Stopper(redis_client, interval_s=0.05, loop=False)
+
+
+@pytest.fixture
+def looping(redis_client: redis.Redis) -> Iterator[Callable[[float], Stopper]]:
+    """Stoppers whose loop and listener run, closed after the test."""
+    made: list[Stopper] = []
+
+    def make(interval_s: float) -> Stopper:
+        made.append(Stopper(redis_client, interval_s=interval_s))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
 
 
 def read_in_background(url: str, guard: Guard) -> dict[str, Any]:
@@ -93,16 +114,18 @@ def test_a_quiet_call_of_a_cancelled_job_is_stopped(
         redis_client.delete(cancel_key(job_id))
 
 
-def test_a_call_that_just_heard_a_token_is_not_asked_about(
-        stopper: Stopper, redis_client: redis.Redis, job_id: str) -> None:
-    redis_client.set(cancel_key(job_id), "1", ex=60)
+def test_a_streaming_call_of_a_cancelled_job_is_stopped(
+        url: str, stopper: Stopper, redis_client: redis.Redis, job_id: str) -> None:
     guard = stopper.watch(job_id)
+    out = read_in_background(f"{url}/tokens", guard)
+    time.sleep(0.2)
+    assert stopper.check() == 0  # streaming, and its job goes on
+    redis_client.set(cancel_key(job_id), "1", ex=60)
     try:
-        # Its per-token check covers it; the loop only looks at quiet calls.
-        guard.heard()
-        assert stopper.check() == 0 and not guard.stopped
-        time.sleep(0.06)
-        assert stopper.check() == 1 and guard.stopped
+        assert stopper.check() == 1
+        out["thread"].join(2.0)
+        assert not out["thread"].is_alive(), "the read was not stopped"
+        assert guard.stopped and out["took"] < 2.0
     finally:
         stopper.release(guard)
         redis_client.delete(cancel_key(job_id))
@@ -124,8 +147,9 @@ def test_a_call_stopped_before_its_headers_is_shut_when_they_come(
         redis_client.delete(cancel_key(job_id))
 
 
-def test_the_loop_stops_a_released_call_never(redis_client: redis.Redis, job_id: str) -> None:
-    stopper = Stopper(redis_client, interval_s=0.05)
+def test_the_loop_stops_a_released_call_never(
+        looping: Callable[[float], Stopper], redis_client: redis.Redis, job_id: str) -> None:
+    stopper = looping(0.05)
     guard = stopper.watch(job_id)
     stopper.release(guard)
     redis_client.set(cancel_key(job_id), "1", ex=60)
@@ -136,8 +160,9 @@ def test_the_loop_stops_a_released_call_never(redis_client: redis.Redis, job_id:
         redis_client.delete(cancel_key(job_id))
 
 
-def test_the_loop_runs_by_itself(url: str, redis_client: redis.Redis, job_id: str) -> None:
-    stopper = Stopper(redis_client, interval_s=0.05)
+def test_the_loop_runs_by_itself(url: str, looping: Callable[[float], Stopper],
+                                 redis_client: redis.Redis, job_id: str) -> None:
+    stopper = looping(0.05)
     guard = stopper.watch(job_id)
     out = read_in_background(url, guard)
     time.sleep(0.1)
@@ -148,3 +173,29 @@ def test_the_loop_runs_by_itself(url: str, redis_client: redis.Redis, job_id: st
     finally:
         stopper.release(guard)
         redis_client.delete(cancel_key(job_id))
+
+
+def test_an_announced_cancel_stops_the_jobs_calls_at_once(
+        url: str, looping: Callable[[float], Stopper], redis_client: redis.Redis,
+        job_id: str) -> None:
+    def listeners() -> int:
+        return int(dict(redis_client.pubsub_numsub(CANCELS_CHANNEL))[CANCELS_CHANNEL.encode()])
+
+    before = listeners()
+    # A loop that would look only after a minute: the announcement does the stopping.
+    stopper = looping(60)
+    other = stopper.watch(f"{job_id}-other")
+    guard = stopper.watch(job_id)
+    out = read_in_background(f"{url}/tokens", guard)
+    deadline = time.monotonic() + 5
+    while listeners() <= before:
+        assert time.monotonic() < deadline, "the listener never subscribed"
+        time.sleep(0.01)
+    try:
+        redis_client.publish(CANCELS_CHANNEL, job_id)
+        out["thread"].join(2.0)
+        assert not out["thread"].is_alive(), "the read was not stopped"
+        assert guard.stopped and not other.stopped
+    finally:
+        stopper.release(guard)
+        stopper.release(other)
