@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import MODEL_PARAM, request_cancel, start_job
-from api.submit import enqueue, validate_json
+from api.submit import check_models, enqueue, validate_json
 from shared.db import session_scope
 from shared.keys import KeyOwner
 from shared.registry import get_registry
@@ -70,10 +70,6 @@ def parse_batch() -> list[tuple[BatchLine, Common]]:
     seen: set[str] = set()
     for i, text in enumerate(texts):
         where = f"lines.{i}"
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            raise bad_request(f"{where}: not valid JSON: {exc}", where) from exc
         line = validate_json(BatchLine, text, where)
         if line.custom_id in seen:
             raise bad_request(f"{where}.custom_id: {line.custom_id!r} is used twice",
@@ -135,11 +131,7 @@ def registry_check(lines: list[tuple[BatchLine, Common]]) -> None:
     """Every model of every line is in the registry (400 naming the line otherwise)."""
     registry = get_registry()
     for i, (line, req) in enumerate(lines):
-        for model_id in req.model_ids():
-            if model_id not in registry:
-                param = f"lines.{i}.body.{MODEL_PARAM[line.endpoint]}"
-                raise bad_request(f"{param}: unknown model {model_id!r}; see "
-                                  "GET /api/v1/models", param)
+        check_models(req.model_ids(), registry, f"lines.{i}.body.{MODEL_PARAM[line.endpoint]}")
 
 
 def _load(batch_id: str, account_id: int) -> tuple[Batch, list[tuple[BatchItem, Job | None]]]:

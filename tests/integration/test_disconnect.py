@@ -4,6 +4,8 @@ for the tokens produced, unless it asked the job to keep running."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,6 +23,23 @@ from tests.stack import Stack
 MSG = [{"role": "user", "content": "Write a long story about gateways."}]
 # 400 tokens at 30 ms: a 12 s answer, so a cancelled one is clearly cut short.
 SLOW = {"ttft_ms": 20, "token_ms": 30, "tokens": 400}
+# The first token 8 s away: a model that thinks before it answers.
+THINKING = {"ttft_ms": 8000, "token_ms": 10, "tokens": 20}
+
+
+CHAT = {"model": "gpt-5.2", "messages": MSG, "stream": True}
+
+
+@contextmanager
+def account(stack: Stack, mock: httpx.Client, profile: dict[str, int]
+            ) -> Iterator[httpx.Client]:
+    """A client of a new account with 1000 credits, ``gpt-5.2`` on the mock at
+    ``profile``."""
+    key = stack.create_key(credits=1000)
+    mock.post("/_mock/config", json={"model": "gpt-5.2", **profile})
+    with httpx.Client(base_url=stack.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as api:
+        yield api
 
 
 def wait_until(check: Any, timeout: float, step: float = 0.02) -> float:
@@ -91,12 +110,8 @@ def assert_paid_only_produced(stack: Stack, job_id: str, model_id: str, key_cred
 def test_sse_disconnect_stops_the_provider_within_a_second(
     stack: Stack, mock: httpx.Client
 ) -> None:
-    key = stack.create_key(credits=1000)
-    mock.post("/_mock/config", json={"model": "gpt-5.2", **SLOW})
-    with httpx.Client(base_url=stack.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as api:
-        body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
-        with api.stream("POST", "/api/v1/chat", json=body) as resp:
+    with account(stack, mock, SLOW) as api:
+        with api.stream("POST", "/api/v1/chat", json=CHAT) as resp:
             job_id = resp.headers["X-Chorus-Job-Id"]
             chunks = 0
             for _seq, data in iter_sse(resp):
@@ -171,9 +186,6 @@ def test_a_follower_leaving_does_not_cancel(api: httpx.Client, mock: httpx.Clien
     assert not stats(mock)["client_disconnects"].get("gpt-5-mini")
 
 
-# The first token 8 s away: a model that thinks before it answers.
-THINKING = {"ttft_ms": 8000, "token_ms": 10, "tokens": 20}
-
 
 def assert_paid_for_the_prompt_only(stack: Stack, job_id: str, model_id: str,
                                     key_credits: int) -> None:
@@ -187,12 +199,8 @@ def assert_paid_for_the_prompt_only(stack: Stack, job_id: str, model_id: str,
 def test_leaving_before_the_first_token_stops_the_provider(
     stack: Stack, mock: httpx.Client
 ) -> None:
-    key = stack.create_key(credits=1000)
-    mock.post("/_mock/config", json={"model": "gpt-5.2", **THINKING})
-    with httpx.Client(base_url=stack.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as api:
-        body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
-        with api.stream("POST", "/api/v1/chat", json=body) as resp:
+    with account(stack, mock, THINKING) as api:
+        with api.stream("POST", "/api/v1/chat", json=CHAT) as resp:
             job_id = resp.headers["X-Chorus-Job-Id"]
             wait_until(lambda: stats(mock)["active_streams"] == 1, timeout=2.0)
         # Nothing more is written to this client before the first token: the API sees it
@@ -208,12 +216,8 @@ def test_leaving_before_the_first_token_stops_the_provider(
 def test_a_cancel_stops_a_call_waiting_for_its_first_token(
     stack: Stack, mock: httpx.Client
 ) -> None:
-    key = stack.create_key(credits=1000)
-    mock.post("/_mock/config", json={"model": "gpt-5.2", **THINKING})
-    with httpx.Client(base_url=stack.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as api:
-        body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
-        with api.stream("POST", "/api/v1/chat", json=body) as resp:
+    with account(stack, mock, THINKING) as api:
+        with api.stream("POST", "/api/v1/chat", json=CHAT) as resp:
             job_id = resp.headers["X-Chorus-Job-Id"]
             wait_until(lambda: stats(mock)["active_streams"] == 1, timeout=2.0)
             asked = time.monotonic()
