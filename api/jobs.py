@@ -14,7 +14,7 @@ from api.errors import ApiError, bad_request, not_found, unavailable
 from api.relay import Relay
 from api.streaming import sse_response, wait_final
 from api.submit import check_models, create_job, enqueue, parse_body
-from shared import events
+from shared import events, finals
 from shared.db import session_scope
 from shared.keys import KeyOwner
 from shared.registry import Registry, get_registry
@@ -149,15 +149,47 @@ def get_job(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
     owner = authenticate()
-    load_job(job_id, owner.account_id)
-    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
-    try:
-        after = int(raw)
-    except ValueError:
-        raise bad_request("Last-Event-ID must be an event id (a whole number)") from None
-    if after < 0:
-        raise bad_request("Last-Event-ID must not be negative")
-    return sse_response(job_id, after)
+    after = last_event_id()
+    job = load_job(job_id, owner.account_id)
+    return sse_response(job_id, after, ended=RowFinal(job, owner.account_id))
+
+
+def last_event_id() -> int:
+    """Where a reader resumes: ``Last-Event-ID`` (what an EventSource sends), else the
+    ``last_event_id`` query parameter; 0 (from the start) without either."""
+    param, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
+    if not raw:
+        param, raw = "last_event_id", request.args.get("last_event_id")
+    if not raw:
+        return 0
+    after = events.parse_event_id(raw.strip())
+    if after is None:
+        raise bad_request(f"{param} must be an event id: a whole number from 0 to "
+                          f"{events.MAX_EVENT_ID}", param)
+    return after
+
+
+class RowFinal:
+    """The ``ended`` question of a reader (see ``follow_batches``): answered first from
+    the row the request loaded, then from a fresh read of it (a round trip to the
+    database, asked at most once per keepalive period, and only while the job's replay
+    list is missing or silent)."""
+
+    def __init__(self, job: Job, account_id: int) -> None:
+        self._job: Job | None = job
+        self._job_id = job.id
+        self._account_id = account_id
+
+    def __call__(self) -> str | None:
+        job, self._job = self._job, None
+        if job is None:
+            try:
+                job = load_job(self._job_id, self._account_id)
+            except ApiError as err:
+                current_app.logger.warning("job %s: %s", self._job_id, err.message)
+                return None
+        final = finals.from_row(job)
+        return None if final is None else events.encode(final)
 
 
 @bp.delete("/jobs/<job_id>")

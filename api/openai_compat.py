@@ -173,6 +173,11 @@ class ChunkFrames:
         event = json.loads(data)
         if event.get("final"):
             return self._final(event)
+        if event.get("event") == "reconnect":
+            # The stream broke off, not the job: an OpenAI client cannot resume, so it is
+            # told so (the SDK raises) rather than handed a silently cut answer.
+            return (self._error("unavailable", f"{event['message']}; the job's events: "
+                                f"GET /api/v1/jobs/{event['job_id']}/events"),)
         if event.get("event", "chunk") != "chunk":
             return ()
         self.model = str(event.get("model") or self.model)
@@ -195,9 +200,7 @@ class ChunkFrames:
     def _final(self, final: dict[str, Any]) -> Iterable[bytes]:
         if final.get("status") == "failed":
             err = upstream_failure(final)
-            body = {"error": {"message": err.message, "type": "api_error", "param": None,
-                              "code": err.code}}
-            return (f"data: {events.encode(body)}\n\n".encode(),)
+            return (self._error(err.code, err.message),)
         self.model = str(final.get("resolved_model") or self.model)
         prompt = int(final.get("prompt_tokens") or self.prompt_tokens)
         completion = int(final.get("completion_tokens") or self.completion_tokens)
@@ -207,6 +210,11 @@ class ChunkFrames:
         if self.include_usage:
             out.append(self._line([], usage=_usage(prompt, completion)))
         return out
+
+    def _error(self, code: str, message: str) -> bytes:
+        body = {"error": {"message": message, "type": "api_error", "param": None,
+                          "code": code}}
+        return f"data: {events.encode(body)}\n\n".encode()
 
     def _line(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {**self.head, "model": self.model, "choices": choices}

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 import gevent
 import redis
@@ -27,6 +28,9 @@ from shared import events
 log = logging.getLogger(__name__)
 
 Item = tuple[int, str]
+# What a reader is given: an event with its sequence number, or None for a final event
+# rebuilt from the database (the job's list is gone).
+Delivered = tuple[int | None, str]
 
 
 class Watch:
@@ -70,10 +74,15 @@ class Relay:
     def _start(self) -> None:
         if self._started:
             return
-        self._started = True
         with self._lock:
             self._confirm[self.channel] = [self._ready]
-            self._pubsub.subscribe(self.channel)
+            try:
+                self._pubsub.subscribe(self.channel)
+            except redis.RedisError:
+                # Redis is down: the next stream starts the relay again.
+                self._confirm.pop(self.channel, None)
+                raise
+        self._started = True
         gevent.spawn(self._read_forever)
 
     def _read_forever(self) -> None:
@@ -144,15 +153,16 @@ class Relay:
         w = Watch()
         ch = events.channel(job_id)
         confirmed: Event | None = self._ready
-        with self._lock:
-            self._watches.setdefault(job_id, set()).add(w)
-            if not own:
-                self._subscribers[job_id] = self._subscribers.get(job_id, 0) + 1
-                if self._subscribers[job_id] == 1:
-                    confirmed = Event()
-                    self._confirm.setdefault(ch, []).append(confirmed)
-                    self._pubsub.subscribe(ch)
         try:
+            with self._lock:
+                self._watches.setdefault(job_id, set()).add(w)
+                if not own:
+                    self._subscribers[job_id] = self._subscribers.get(job_id, 0) + 1
+                    if self._subscribers[job_id] == 1:
+                        confirmed = Event()
+                        self._confirm.setdefault(ch, []).append(confirmed)
+                        # May fail (Redis down): the block below undoes the registration.
+                        self._pubsub.subscribe(ch)
             # Not confirmed in time only delays delivery: the replay list still has everything.
             if confirmed is not None:
                 confirmed.wait(confirm_timeout)
@@ -186,8 +196,54 @@ def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
     return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
 
 
+@dataclass(frozen=True)
+class ListRead:
+    """The replay list as one read found it: the events after a reader's position, its
+    length and its last event (0 and None: there is no list)."""
+
+    items: list[Item]
+    length: int
+    tail: str | None
+
+
+def read_list(client: redis.Redis, job_id: str, after: int) -> ListRead:
+    """``backlog``, with the list's length and last event in the same round trip: a
+    reader with nothing new to read learns from them whether the job has ended."""
+    key = events.events_key(job_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.lrange(key, after, -1)
+    pipe.llen(key)
+    pipe.lindex(key, -1)
+    raw, length, tail = pipe.execute()
+    items = [(after + i + 1, r.decode() if isinstance(r, bytes) else r)
+             for i, r in enumerate(raw)]
+    return ListRead(items, int(length), tail.decode() if isinstance(tail, bytes) else tail)
+
+
+def closing(read: ListRead, last: int) -> list[Delivered] | None:
+    """What ends a reader at ``last`` that the list has nothing newer for, or None while
+    the job may go on (the list's last event is not final, or there is no list).
+
+    At the final event: nothing more. Past it: the list is shorter than what the reader
+    saw, so Redis lost it and the job's later events were numbered afresh; its final
+    event is the truth the reader still lacks.
+    """
+    if read.items or read.tail is None or not events.is_final(read.tail):
+        return None
+    if read.length == last:
+        return []
+    if read.length < last:
+        return [(read.length, read.tail)]
+    return None  # appended between the commands of the read: the next read has it
+
+
 class ClientGone(Exception):
     """The client of a stream hung up while the stream had nothing to write."""
+
+
+# Asked, while a job's list is missing or silent, whether the job ended: its final event
+# (rebuilt from the database) if so, else None.
+Ended = Callable[[], str | None]
 
 
 def follow_batches(
@@ -199,19 +255,31 @@ def follow_batches(
     keepalive_s: float = 15.0,
     own: bool = False,
     gone: Callable[[], bool] | None = None,
-) -> Iterator[list[Item] | None]:
+    ended: Ended | None = None,
+) -> Iterator[list[Delivered] | None]:
     """Every event of the job after ``after``, exactly once and in order, until the final
     one, in batches of whatever is ready at once (so a busy stream is written with fewer
     syscalls). Yields ``None`` as a keepalive tick after ``keepalive_s`` of silence.
     ``own``: this process took the job (see ``Relay.watch``). ``gone``, asked after each
     ``poll_s`` of silence, tells whether the client hung up: then ``ClientGone``, since
-    a hang-up is otherwise seen only at the next write."""
+    a hang-up is otherwise seen only at the next write.
+
+    A reader at or past the final event ends at once (see ``closing``). ``ended`` is
+    asked at once when the job has no list, and again after each ``keepalive_s`` of a
+    missing or silent list: an ended job whose events are gone (expired, or lost with
+    Redis) ends the stream with its final event from there, which has no sequence number.
+    Redis errors propagate: the caller tells its client to resume, never that the job
+    ended.
+    """
     last = after
     quiet = 0.0
+    since_asked = keepalive_s  # the first question is asked at once
     with relay.watch(job_id, own) as w:
-        pending = backlog(client, job_id, last)
+        first = read_list(client, job_id, last)
+        read: ListRead | None = first
+        pending = first.items
         while True:
-            batch: list[Item] = []
+            batch: list[Delivered] = []
             final = False
             for seq, data in pending:
                 if seq != last + 1:
@@ -236,10 +304,22 @@ def follow_batches(
                         final = True
                         break
             if batch:
-                quiet = 0.0
+                quiet = since_asked = 0.0
                 yield batch
             if final:
                 return
+            if read is not None and not batch:
+                # A fresh read of the list had nothing for this reader: did the job end?
+                end = closing(read, last)
+                if end is None and ended is not None and since_asked >= keepalive_s:
+                    since_asked = 0.0
+                    rebuilt = ended()
+                    end = None if rebuilt is None else [(None, rebuilt)]
+                if end is not None:
+                    if end:
+                        yield end
+                    return
+            read = None
             if pending:
                 continue
             item = w.get(timeout=poll_s)
@@ -247,7 +327,9 @@ def follow_batches(
                 if gone is not None and gone():
                     raise ClientGone(job_id)
                 # Silence: check the list in case pub/sub lost the message.
-                pending = backlog(client, job_id, last)
+                read = read_list(client, job_id, last)
+                pending = read.items
+                since_asked += poll_s
                 quiet = 0.0 if pending else quiet + poll_s
                 if quiet >= keepalive_s:
                     quiet = 0.0
@@ -267,9 +349,11 @@ def follow(
     poll_s: float = 1.0,
     keepalive_s: float = 15.0,
     own: bool = False,
-) -> Iterator[Item | None]:
+    ended: Ended | None = None,
+) -> Iterator[Delivered | None]:
     """``follow_batches`` one event at a time."""
-    for batch in follow_batches(relay, client, job_id, after, poll_s, keepalive_s, own):
+    for batch in follow_batches(relay, client, job_id, after, poll_s, keepalive_s, own,
+                                ended=ended):
         if batch is None:
             yield None
         else:

@@ -11,7 +11,7 @@ import redis
 from flask import Response, current_app, request, stream_with_context
 
 from api.errors import unavailable
-from api.relay import ClientGone, Relay, follow, follow_batches
+from api.relay import ClientGone, Ended, Relay, follow, follow_batches
 from shared import events, readiness
 
 SSE_HEADERS = {
@@ -73,35 +73,43 @@ def sse_response(
     cancel_on_disconnect: bool = False,
     frames: Frames = chorus_frames,
     own: bool = False,
+    ended: Ended | None = None,
 ) -> Response:
-    """Stream the job's events after ``after``; ``own``: this process took the job."""
+    """Stream the job's events after ``after``; ``own``: this process took the job;
+    ``ended``: see ``follow_batches``.
+
+    Every stream ends: with the final event and ``[DONE]``, or, when Redis fails, with a
+    ``reconnect`` notice and a ``retry:`` line but no ``[DONE]``, so that the client
+    resumes from the last id it was sent (the job is not told apart from its stream:
+    a stream broken off by the server never cancels it)."""
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     gone = hang_up_check(request.environ)
 
     def generate() -> Iterator[bytes]:
         finished = False
+        sent = after
         # An SSE comment first, so the status line and X-Chorus-Job-Id reach the client at
         # once: one that drops before the first token can still resume by job id.
         yield events.OPENING_FRAME
         try:
-            for batch in follow_batches(relay, client, job_id, after, own=own, gone=gone):
+            for batch in follow_batches(relay, client, job_id, after, own=own, gone=gone,
+                                        ended=ended):
                 if batch is None:
                     yield events.KEEPALIVE_FRAME
                     continue
                 # One write per batch: a busy stream costs one syscall, not one per event.
                 yield b"".join(b for seq, data in batch for b in frames(seq, data))
+                sent = max((seq for seq, _ in batch if seq is not None), default=sent)
             finished = True
             yield events.DONE_FRAME
-        except redis.RedisError:
-            payload = events.encode(
-                events.final_event(
-                    "error", job_id=job_id, error={"code": "unavailable", "message": "redis lost"}
-                )
-            )
-            yield from frames(None, payload)
-            yield events.DONE_FRAME
+        except redis.RedisError as exc:
+            # Not the job's end: the stream's. Nothing here may say "final".
             finished = True
+            app.logger.warning("stream of job %s broken off at %d: %r",
+                                       job_id, sent, exc)
+            notice = events.encode(events.reconnect_event(job_id, sent))
+            yield events.retry_frame() + b"".join(frames(None, notice))
         except ClientGone:
             pass  # not finished: the hook below runs
         finally:
@@ -124,5 +132,9 @@ def wait_final(job_id: str) -> dict[str, Any]:
                 final: dict[str, Any] = json.loads(item[1])
                 return final
     except redis.RedisError as exc:
-        raise unavailable("redis") from exc
+        # The job goes on: its id lets the client read its end later.
+        err = unavailable("redis")
+        err.extra["job_id"] = job_id
+        err.headers["X-Chorus-Job-Id"] = job_id
+        raise err from exc
     raise unavailable("event stream")

@@ -3,7 +3,8 @@
 A client sends JSON messages (``auth``, ``chat|compare|blend|judge`` with its own ``id``,
 ``cancel``, ``follow``, ``ping``); the server answers ``ready``, ``accepted``, ``event``
 (one per job event, tagged with the client id and job id), ``done`` (a job's ``[DONE]``),
-``cancelling``, ``pong`` and ``error``. Each job is relayed by its own greenlet, so many
+``reconnect`` (the relay broke off, not the job: ``follow`` resumes it), ``cancelling``,
+``pong`` and ``error``. Each job is relayed by its own greenlet, so many
 jobs share one socket; closing the socket cancels the jobs it started unless they asked
 for ``keep_running``.
 """
@@ -26,9 +27,9 @@ from werkzeug.routing import WebsocketMismatch
 
 from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
-from api.jobs import load_job, request_cancel, start_job
+from api.jobs import RowFinal, load_job, request_cancel, start_job
 from api.ratelimit import RateLimiter, client_ip
-from api.relay import Relay, follow
+from api.relay import Ended, Relay, follow
 from api.streaming import on_disconnect
 from api.submit import enqueue, validate_json
 from shared import events, keys
@@ -75,6 +76,8 @@ class Relayed:
     cancel_on_close: bool
     greenlet: gevent.Greenlet | None = None
     finished: bool = False
+    # The relay broke off (Redis unavailable), not the job: a ``follow`` resumes it.
+    interrupted: bool = False
 
 
 @dataclass
@@ -193,35 +196,51 @@ class SocketSession:
         job_id, after = msg.get("job_id"), msg.get("after", 0)
         if not isinstance(job_id, str):
             raise bad_request("job_id must be a string", "job_id")
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            raise bad_request("after must be an event id (a whole number)", "after")
-        load_job(job_id, self.owner.account_id)
+        if not isinstance(after, int) or isinstance(after, bool) \
+                or not 0 <= after <= events.MAX_EVENT_ID:
+            raise bad_request("after must be an event id: a whole number from 0 to "
+                              f"{events.MAX_EVENT_ID}", "after")
+        row = load_job(job_id, self.owner.account_id)
+        # Resuming a job this socket started (its relay broke off) keeps its promise: the
+        # job is cancelled if the socket closes before its end.
+        previous = self.jobs.get(client_id)
+        cancel_on_close = previous is not None and previous.interrupted \
+            and previous.job_id == job_id and previous.cancel_on_close
         self.send({"type": "accepted", "id": client_id, "job_id": job_id})
-        self._relay(client_id, job_id, after, cancel_on_close=False)
+        self._relay(client_id, job_id, after, cancel_on_close=cancel_on_close,
+                    ended=RowFinal(row, self.owner.account_id))
 
-    def _relay(self, client_id: str, job_id: str, after: int, *,
-               cancel_on_close: bool, own: bool = False) -> Relayed:
+    def _relay(self, client_id: str, job_id: str, after: int, *, cancel_on_close: bool,
+               own: bool = False, ended: Ended | None = None) -> Relayed:
         job = Relayed(job_id, cancel_on_close)
         self.jobs[client_id] = job
-        job.greenlet = gevent.spawn(self._pump, client_id, job, after, own)
+        job.greenlet = gevent.spawn(self._pump, client_id, job, after, own, ended)
         return job
 
-    def _pump(self, client_id: str, job: Relayed, after: int, own: bool) -> None:
+    def _pump(self, client_id: str, job: Relayed, after: int, own: bool,
+              ended: Ended | None) -> None:
         # The event JSON goes out as published, spliced in without a parse.
         prefix = (f'{{"type":"event","id":{json.dumps(client_id)},'
                   f'"job_id":{json.dumps(job.job_id)},"seq":')
+        sent = after
         try:
             try:
-                for item in follow(self.relay, self.redis, job.job_id, after, own=own):
+                for item in follow(self.relay, self.redis, job.job_id, after, own=own,
+                                   ended=ended):
                     if item is not None:
                         seq, data = item
                         # Delivered is finished: a client closing right after the final
                         # event must not cancel a job that already ended.
                         job.finished = job.finished or events.is_final(data)
-                        self.send(f'{prefix}{seq},"data":{data}}}')
-            except redis.RedisError:
-                job.finished = True
-                self.send(error_message(client_id, unavailable("redis")))
+                        # A final rebuilt from the database has no seq (null).
+                        self.send(f'{prefix}{"null" if seq is None else seq},"data":{data}}}')
+                        sent = sent if seq is None else seq
+            except redis.RedisError as exc:
+                # The relay broke off, not the job: never a final, and no "done".
+                log.warning("relay of job %s broken off at %d: %r", job.job_id, sent, exc)
+                job.finished = job.interrupted = True
+                self.send(reconnect_message(client_id, job.job_id, sent))
+                return
             job.finished = True
             self.send({"type": "done", "id": client_id, "job_id": job.job_id})
         except ConnectionClosed:
@@ -242,6 +261,15 @@ class SocketSession:
                 job.greenlet.kill(block=False)
             if not job.finished and job.cancel_on_close:
                 on_disconnect(job.job_id)
+
+
+def reconnect_message(client_id: str, job_id: str, after: int) -> dict[str, Any]:
+    """The socket's form of the SSE ``reconnect`` notice: send ``follow`` with this
+    ``after`` (after ``retry_ms``) to resume, on this socket or another."""
+    return {"type": "reconnect", "id": client_id, "job_id": job_id, "after": after,
+            "retry_ms": events.RECONNECT_RETRY_MS,
+            "message": "the event stream was interrupted (the event bus is unavailable), "
+                       "not the job: send follow with this after to resume"}
 
 
 def _parse(raw: str | bytes | None) -> dict[str, Any]:

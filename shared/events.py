@@ -17,6 +17,12 @@ DONE_FRAME = b"data: [DONE]\n\n"
 KEEPALIVE_FRAME = b": keepalive\n\n"
 OPENING_FRAME = b": chorus\n\n"
 
+# Event ids are list positions, and Redis reads list positions as signed 64-bit integers.
+MAX_EVENT_ID = 2**63 - 1
+# How long a client should wait before it resumes a stream the server broke off: about
+# what a Redis restart takes, and not so short that a long outage becomes a storm.
+RECONNECT_RETRY_MS = 2000
+
 
 def events_key(job_id: str) -> str:
     return f"chorus:job:{job_id}:events"
@@ -64,6 +70,29 @@ def is_final(data: str) -> bool:
 def final_event(kind: str, **fields: Any) -> dict[str, Any]:
     """The job's last event: ``event`` is ``done`` or ``error``; ``final`` leads the JSON."""
     return {"final": True, "event": kind, **fields}
+
+
+def reconnect_event(job_id: str, last_event_id: int) -> dict[str, Any]:
+    """Not final: the event stream broke off (Redis unavailable) while the job may still
+    run; the client resumes after ``last_event_id`` and loses nothing."""
+    return {"event": "reconnect", "job_id": job_id, "last_event_id": last_event_id,
+            "retry_ms": RECONNECT_RETRY_MS,
+            "message": "the event stream was interrupted (the event bus is unavailable), "
+                       "not the job: reconnect with Last-Event-ID to resume"}
+
+
+def retry_frame(ms: int = RECONNECT_RETRY_MS) -> bytes:
+    """Sets how long an EventSource waits before it reconnects (no event is dispatched)."""
+    return f"retry: {ms}\n\n".encode()
+
+
+def parse_event_id(raw: str) -> int | None:
+    """An event id a client sends back: ASCII digits, below 2**63; None if it is not."""
+    # 2**63 has 19 digits; longer text is refused before int() parses it.
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_EVENT_ID else None
 
 
 def sse_frame(seq: int, data: str) -> bytes:

@@ -16,6 +16,8 @@ from sqlalchemy import Table, bindparam, text, update
 
 from shared import byok, dbapi, events, ledger, onestatement
 from shared.db import autocommit, is_postgres, session_scope
+from shared.finals import FINAL_STATUSES as FINAL
+from shared.finals import final_event_for
 from shared.pricing import BASE_CREDITS
 from shared.tables import Job, RequestLog
 from workers.calls import CallResult, JobContext
@@ -24,7 +26,6 @@ from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
-FINAL = ("succeeded", "failed", "cancelled")
 CONTENT_FIELDS = ("full_content", "content", "tool_calls", "answers", "results", "summary_text",
                   "scores")
 
@@ -178,24 +179,6 @@ def _republish_final(job: Job, rt: Runtime) -> None:
                                                  job.error, job.credits_charged or Decimal(0),
                                                  job.resolved_model))
     rt.publisher.flush()
-
-
-def final_event_for(
-    job_id: str,
-    status: str,
-    result: dict[str, Any],
-    error: dict[str, Any] | None,
-    charged: Decimal,
-    resolved_model: str | None,
-) -> dict[str, Any]:
-    kind = "done" if status != "failed" else "error"
-    fields: dict[str, Any] = {"job_id": job_id, "status": status, **result}
-    if error is not None:
-        fields["error"] = error
-    fields["credits_charged"] = float(charged)
-    if resolved_model is not None:
-        fields["resolved_model"] = resolved_model
-    return events.final_event(kind, **fields)
 
 
 def charge_for(kind: str, outcome: Outcome) -> Decimal:

@@ -135,6 +135,15 @@ def test_failed_job_ends_with_an_error_line() -> None:
     assert list(frames(None, events.encode({"event": "trace", "attempts": []}))) == []
 
 
+def test_a_broken_off_stream_ends_with_an_error_line_not_a_silent_cut() -> None:
+    frames = ChunkFrames("j4", 1, "gpt-5.2", include_usage=False)
+    (line,) = frames(None, events.encode(events.reconnect_event("j4", 3)))
+    body = json.loads(line.decode()[6:])
+    OpenAIError.model_validate(body)
+    assert body["error"]["code"] == "unavailable"
+    assert "/api/v1/jobs/j4/events" in body["error"]["message"]
+
+
 def test_completion_body() -> None:
     body = completion_body("j1", 5, "auto", FINAL)
     ChatCompletion.model_validate(body)
