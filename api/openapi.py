@@ -137,8 +137,13 @@ OPS: list[Op] = [
        "jobs", am.CancelAccepted, errors=(401, 404, 429, 503), params=(JOB_ID,)),
     Op("get", "/api/v1/jobs/{job_id}/events", "A job's events as SSE, resumable", "jobs",
        errors=(400, 401, 404, 429, 503), stream="sse", json_ok=False,
-       description="Every event after `Last-Event-ID` (header or `last_event_id` query), "
-                   "exactly once and in order, ending with `data: [DONE]`.",
+       description="Every event after `Last-Event-ID` (header or `last_event_id` query, "
+                   "a whole number from 0 to 2^63-1), exactly once and in order, ending "
+                   "with `data: [DONE]` (at once for an ended job read at or past its last "
+                   "event; with its final event from the database once its events "
+                   "expired). When the event bus fails the stream ends with `retry:` and "
+                   "a non-final `reconnect` event instead, and no `[DONE]`: resume with "
+                   "its `last_event_id`.",
        params=(JOB_ID,
                {"name": "Last-Event-ID", "in": "header", "required": False,
                 "schema": {"type": "string"}, "description": "resume after this event id"},
@@ -186,8 +191,9 @@ OPS: list[Op] = [
            "\"id\":<your id>, …body}`, `{\"type\":\"cancel\",\"id\":…}`, "
            "`{\"type\":\"follow\",\"id\":…,\"job_id\":…,\"after\":n}` or `{\"type\":\"ping\"}`. "
            "The server sends `accepted {id, job_id}`, `event {id, job_id, seq, data}` per job "
-           "event, `done {id, job_id}` after a job's last event, `cancelling`, `pong` and "
-           "`error {id, status, error}`."),
+           "event, `done {id, job_id}` after a job's last event, `reconnect {id, job_id, "
+           "after, retry_ms}` when the event bus failed (not the job: `follow` resumes), "
+           "`cancelling`, `pong` and `error {id, status, error}`."),
        extra_responses={"101": {"description": "switching to the WebSocket protocol"}}),
     Op("post", "/v1/chat/completions", "OpenAI-compatible chat completion", "openai",
        am.ChatCompletion, ChatCompletionRequest, (400, 401, 402, 413, 429, 502, 503), "chunks",
