@@ -80,8 +80,8 @@ def sse_response(
 
     Every stream ends: with the final event and ``[DONE]``, or, when Redis fails, with a
     ``reconnect`` notice and a ``retry:`` line but no ``[DONE]``, so that the client
-    resumes from the last id it was sent (the job is not told apart from its stream:
-    a stream broken off by the server never cancels it)."""
+    resumes from the last id it was sent. A stream the server breaks off never cancels
+    its job."""
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     gone = hang_up_check(request.environ)
@@ -100,14 +100,14 @@ def sse_response(
                     continue
                 # One write per batch: a busy stream costs one syscall, not one per event.
                 yield b"".join(b for seq, data in batch for b in frames(seq, data))
-                sent = max((seq for seq, _ in batch if seq is not None), default=sent)
+                # In order: the last one is the newest (None only for a rebuilt final).
+                sent = batch[-1][0] or sent
             finished = True
             yield events.DONE_FRAME
         except redis.RedisError as exc:
             # Not the job's end: the stream's. Nothing here may say "final".
             finished = True
-            app.logger.warning("stream of job %s broken off at %d: %r",
-                                       job_id, sent, exc)
+            app.logger.warning("stream of job %s broken off at %d: %r", job_id, sent, exc)
             notice = events.encode(events.reconnect_event(job_id, sent))
             yield events.retry_frame() + b"".join(frames(None, notice))
         except ClientGone:

@@ -282,3 +282,29 @@ def test_a_socket_relay_broken_off_by_redis_resumes_with_follow(
         assert rest[-2]["data"]["final"] and rest[-2]["data"]["status"] == "succeeded"
     finally:
         conn.close()
+
+
+def test_a_resumed_socket_relay_still_cancels_its_job_on_close(
+    outage_stack: Stack, api: httpx.Client, mock: httpx.Client, own_redis: OwnRedis
+) -> None:
+    mock.post("/_mock/config", json=SLOW)
+    key = api.headers["Authorization"].removeprefix("Bearer ")
+    conn = websocket.create_connection(
+        outage_stack.url.replace("http://", "ws://") + "/api/v1/ws", timeout=20,
+        header=[f"Authorization: Bearer {key}"])
+    try:
+        sock = Socket(conn)
+        assert sock.recv() == {"type": "ready"}
+        sock.send({"type": "chat", "id": "c", "model": "gpt-5.2", "messages": MSG})
+        job_id = sock.until(lambda m: m["type"] == "event" and m["seq"] >= 5)[0]["job_id"]
+        own_redis.kill()
+        notice = sock.until(lambda m: m["type"] != "event")[-1]
+        assert notice["type"] == "reconnect"
+        own_redis.start()
+        sock.send({"type": "follow", "id": "c", "job_id": job_id, "after": notice["after"]})
+        sock.until(lambda m: m["type"] == "event" and m["seq"] >= notice["after"] + 5)
+    finally:
+        conn.close()
+    # The socket that started the job left before its end: the job stops, as it would
+    # have without the outage.
+    assert settle(api, job_id)["status"] == "cancelled"
