@@ -207,17 +207,25 @@ class ListRead:
 
 
 def read_list(client: redis.Redis, job_id: str, after: int) -> ListRead:
-    """``backlog``, with the list's length and last event in the same round trip: a
-    reader with nothing new to read learns from them whether the job has ended."""
+    """``backlog``, knowing also the list's length and last event: a reader with nothing
+    new to read learns from them whether the job has ended.
+
+    One LRANGE, as ``backlog``, that starts at the reader's own last event: what it
+    returns says how long the list is. Only a list shorter than that (none, or one Redis
+    lost and the job numbered afresh) costs a second round trip.
+    """
     key = events.events_key(job_id)
+    start = max(after - 1, 0)
+    raw = [r.decode() if isinstance(r, bytes) else r for r in client.lrange(key, start, -1)]
+    if raw or after == 0:
+        fresh = raw[after - start:]
+        items = [(after + i + 1, r) for i, r in enumerate(fresh)]
+        return ListRead(items, start + len(raw), raw[-1] if raw else None)
     pipe = client.pipeline(transaction=False)
-    pipe.lrange(key, after, -1)
     pipe.llen(key)
     pipe.lindex(key, -1)
-    raw, length, tail = pipe.execute()
-    items = [(after + i + 1, r.decode() if isinstance(r, bytes) else r)
-             for i, r in enumerate(raw)]
-    return ListRead(items, int(length), tail.decode() if isinstance(tail, bytes) else tail)
+    length, tail = pipe.execute()
+    return ListRead([], int(length), tail.decode() if isinstance(tail, bytes) else tail)
 
 
 def closing(read: ListRead, last: int) -> list[Delivered] | None:

@@ -62,10 +62,14 @@ def test_closing_at_past_and_before_the_end() -> None:
 
 def test_read_list_reports_length_and_tail(redis_client: redis.Redis, job_id: str) -> None:
     publish(redis_client, job_id, 3)
-    read = read_list(redis_client, job_id, 2)
-    assert [seq for seq, _ in read.items] == [3, 4]
-    assert read.length == 4 and read.tail is not None and events.is_final(read.tail)
-    assert read_list(redis_client, f"{job_id}-none", 0) == ListRead([], 0, None)
+    stored = [r.decode() for r in redis_client.lrange(events.events_key(job_id), 0, -1)]
+    for after in (0, 1, 2, 4):
+        read = read_list(redis_client, job_id, after)
+        assert read.items == [(i + 1, stored[i]) for i in range(after, 4)], after
+        assert read.length == 4 and read.tail == stored[-1] and events.is_final(read.tail)
+    assert read_list(redis_client, job_id, 9) == ListRead([], 4, stored[-1])  # past the end
+    for after in (0, 3):
+        assert read_list(redis_client, f"{job_id}-none", after) == ListRead([], 0, None)
 
 
 @pytest.mark.parametrize("after", [4, 5])
