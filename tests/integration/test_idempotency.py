@@ -182,9 +182,10 @@ def test_the_same_key_with_another_body_is_a_409_and_creates_nothing(
         assert r.json()["error"]["code"] == "idempotency_conflict"
         assert r.json()["error"]["param"] == "Idempotency-Key"
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=acct.key, max_retries=0)
+    ask: dict[str, Any] = {"model": "gpt-5-mini", "messages": MSG,
+                           "extra_headers": keyed("c-1")}
     with pytest.raises(openai.ConflictError):
-        client.chat.completions.create(model="gpt-5-mini", messages=MSG,
-                                       extra_headers=keyed("c-1"))
+        client.chat.completions.create(**ask)
     assert books(stack, acct.id) == before
 
 
@@ -192,7 +193,7 @@ def test_the_same_key_with_another_body_is_a_409_and_creates_nothing(
 def test_a_malformed_key_is_a_400_and_creates_nothing(
     stack: Stack, acct: Acct, key: bytes
 ) -> None:
-    r = acct.api.post("/api/v1/chat", json=CHAT, headers={"Idempotency-Key": key})
+    r = acct.api.post("/api/v1/chat", json=CHAT, headers={b"Idempotency-Key": key})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "Idempotency-Key"
     assert books(stack, acct.id).jobs == 0
