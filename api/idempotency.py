@@ -57,14 +57,14 @@ class KeyTaken(Exception):
     """The key's row exists, committed by another request; ``resolve`` says what it is."""
 
 
-def parse_key(raw: str | None) -> str | None:
-    """The header's value, or None without one; a 400 for one that is not 1-255
-    printable ASCII characters."""
+def parse_key(raw: str | None, param: str = HEADER) -> str | None:
+    """The key's value, or None without one; a 400 naming ``param`` for one that is not
+    1-255 printable ASCII characters."""
     if raw is None:
         return None
     if not 1 <= len(raw) <= MAX_KEY_LENGTH or not _PRINTABLE.fullmatch(raw):
-        raise bad_request(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII "
-                          "characters", HEADER)
+        raise bad_request(f"{param} must be 1 to {MAX_KEY_LENGTH} printable ASCII "
+                          "characters", param)
     return raw
 
 
@@ -79,7 +79,13 @@ def request_hash(endpoint: str, body: Any) -> str:
 def claim(endpoint: str, canonical: Callable[[], Any]) -> Claim | None:
     """The request's claim on its ``Idempotency-Key``; None without the header, and then
     ``canonical`` (the body to hash) is not even computed."""
-    key = parse_key(request.headers.get(HEADER))
+    return claim_of(request.headers.get(HEADER), endpoint, canonical)
+
+
+def claim_of(raw: str | None, endpoint: str, canonical: Callable[[], Any],
+             param: str = HEADER) -> Claim | None:
+    """``claim`` for a key given some other way (a WebSocket message's field)."""
+    key = parse_key(raw, param)
     if key is None:
         return None
     return Claim(key, endpoint, request_hash(endpoint, canonical()))
