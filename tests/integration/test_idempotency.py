@@ -1,10 +1,12 @@
 """Idempotency-Key end to end: a retry gets the first request's job (its events from the
 start, or its final answer), never a second job or charge; another body is a 409; a race
-on one key makes one job; keys are per account; batches too."""
+on one key makes one job; keys are per account; batches and WebSocket jobs too; a retry
+still gets its answer after the first API process died or the replay list expired."""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
+import websocket
 from sqlalchemy import func, select
 
 from shared.db import session_scope
@@ -252,3 +256,103 @@ def test_a_retried_batch_is_the_first_one(stack: Stack, acct: Acct) -> None:
         assert s.execute(select(func.count()).select_from(IdempotencyKey)
                          .where(IdempotencyKey.account_id == acct.id)).scalar_one() == 1
     assert books(stack, acct.id).jobs == 3
+
+
+def test_a_retry_after_the_replay_list_is_gone_gets_the_final_from_the_database(
+    stack: Stack, acct: Acct
+) -> None:
+    first = acct.api.post("/api/v1/chat", json=CHAT, headers=keyed("gone-1"))
+    assert first.status_code == 200
+    job_id = first.headers["X-Chorus-Job-Id"]
+    # As after the list's ten minutes, or an emptied Redis.
+    redis.Redis.from_url(stack.redis_url).delete(f"chorus:job:{job_id}:events")
+    again = acct.api.post("/api/v1/chat", json=CHAT, headers=keyed("gone-1"))
+    assert again.status_code == 200 and again.headers[REPLAYED] == "true"
+    assert again.json() == first.json()
+    streamed = {**CHAT, "stream": True}
+    acct.api.post("/api/v1/chat", json=streamed, headers=keyed("gone-2")).read()
+    (job2,) = set(job_ids(stack, acct.id)) - {job_id}
+    redis.Redis.from_url(stack.redis_url).delete(f"chorus:job:{job2}:events")
+    with acct.api.stream("POST", "/api/v1/chat", json=streamed, headers=keyed("gone-2")) as r:
+        events = list(iter_sse(r))
+    # The stream still ends: the final event, from the job's row, then [DONE].
+    assert [e for _i, e in events][-1] == "[DONE]" and len(events) == 2
+    final = json.loads(events[0][1])
+    assert final["final"] and final["job_id"] == job2 and final["status"] == "succeeded"
+    assert books(stack, acct.id).jobs == 2
+
+
+def job_ids(stack: Stack, account_id: int) -> list[str]:
+    with session_scope(stack.database_url) as s:
+        return list(s.execute(select(Job.id).where(Job.account_id == account_id)).scalars())
+
+
+def test_a_retry_on_another_api_process_after_the_first_died_gets_the_answer(
+    stack: Stack, acct: Acct, mock: httpx.Client
+) -> None:
+    mock.post("/_mock/config", json={"model": "gpt-5-mini", "ttft_ms": 5, "token_ms": 30,
+                                     "tokens": 60})
+    doomed = stack.start_api("web-doomed")
+    with httpx.Client(base_url=doomed, timeout=30, headers=acct.api.headers) as client, \
+            ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.post, "/api/v1/chat", json=CHAT,
+                              headers=keyed("crash-1"))
+
+        def streaming() -> bool:
+            data: dict[str, Any] = mock.get("/_mock/stats").json()
+            return bool(data["active_streams"])
+
+        deadline = time.monotonic() + 10
+        while not streaming():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stack.stop_proc("web-doomed", signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            waiting.result()
+    retry = acct.api.post("/api/v1/chat", json=CHAT, headers=keyed("crash-1"))
+    assert retry.status_code == 200 and retry.headers[REPLAYED] == "true"
+    assert retry.json()["status"] == "succeeded" and retry.json()["completion_tokens"] == 60
+    settled_once(stack, acct.id)
+
+
+def test_a_websocket_job_retried_on_a_new_socket_replays(
+    stack: Stack, acct: Acct, mock: httpx.Client
+) -> None:
+    mock.post("/_mock/config", json={"model": "gpt-5-mini", "ttft_ms": 5, "token_ms": 30,
+                                     "tokens": 40})
+    url = stack.url.replace("http://", "ws://") + "/api/v1/ws"
+    msg = {"type": "chat", "id": "q", "idempotency_key": "ws-1", **CHAT}
+
+    def connect() -> websocket.WebSocket:
+        conn = websocket.create_connection(url, timeout=15,
+                                           header=[f"Authorization: Bearer {acct.key}"])
+        assert json.loads(conn.recv()) == {"type": "ready"}
+        return conn
+
+    first = connect()
+    first.send(json.dumps(msg))
+    accepted = json.loads(first.recv())
+    assert accepted["type"] == "accepted" and "replayed" not in accepted
+    assert json.loads(first.recv())["type"] == "event"
+    first.close()  # the socket drops mid-answer: with a key, the job runs on
+    second = connect()
+    second.send(json.dumps(msg))
+    again = json.loads(second.recv())
+    assert again == {"type": "accepted", "id": "q", "job_id": accepted["job_id"],
+                     "replayed": True}
+    seen = []
+    while (m := json.loads(second.recv()))["type"] != "done":
+        seen.append(m)
+    second.close()
+    assert [m["seq"] for m in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1]["data"]["status"] == "succeeded"
+    assert seen[-1]["data"]["completion_tokens"] == 40
+    # The same key over HTTP is the same request of the same kind.
+    over_http = acct.api.post("/api/v1/chat", json=CHAT, headers=keyed("ws-1"))
+    assert over_http.headers["X-Chorus-Job-Id"] == accepted["job_id"]
+    settled_once(stack, acct.id)
+    bad = connect()
+    bad.send(json.dumps({**msg, "id": "r", "idempotency_key": 7}))
+    error = json.loads(bad.recv())
+    bad.close()
+    assert error["type"] == "error" and error["error"]["param"] == "idempotency_key"
