@@ -9,17 +9,22 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import select, update
 
 from api import idempotency
 from api.errors import ApiError
+from api.submit import create_job
 from shared import keys
 from shared.db import session_scope
+from shared.migrate import upgrade
+from shared.registry import get_registry
 from shared.schemas import ChatRequest
 from shared.settings import get_settings
-from shared.tables import ApiKey, IdempotencyKey, Job
+from shared.tables import ApiKey, IdempotencyKey, Job, LedgerEntry
 
 
 @pytest.mark.parametrize("raw", ["a", "x" * 255, "order 42/retry #1", "~!@#$%^&*()_+{}|:<>?"])
@@ -134,3 +139,58 @@ def test_an_expired_key_is_free_again_and_deleted(database: str) -> None:
                          ).scalars().all()
         # The account's other expired key went with it.
         assert [(r.key, r.job_id) for r in rows] == [("k-old", job_id)]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_database(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each engine as the settings' database, which ``create_job`` uses."""
+    url = pg_url
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'chorus.db'}"
+        upgrade(url)
+    monkeypatch.setenv("CHORUS_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def owner_with(url: str, credits: int) -> keys.KeyOwner:
+    with session_scope(url) as s:
+        keys.create_key(s, f"acct-{uuid.uuid4().hex[:8]}", credits=Decimal(credits))
+        key = s.execute(select(ApiKey).order_by(ApiKey.id.desc()).limit(1)).scalar_one()
+        return keys.KeyOwner(key.id, key.account_id, "paid", False)
+
+
+BODY = {"model": "gpt-5.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_create_job_stores_the_key_with_the_job_and_replays_it(
+    any_database: str, redis_client: redis.Redis
+) -> None:
+    owner = owner_with(any_database, 1000)
+    claim = idempotency.Claim("k", "chat", idempotency.request_hash("chat", BODY))
+    job_id, _hold = create_job(owner, "chat", BODY, get_registry(), redis_client, None, claim)
+    with pytest.raises(idempotency.KeyUsed) as used:
+        create_job(owner, "chat", BODY, get_registry(), redis_client, None, claim)
+    assert used.value.job_id == job_id
+    with session_scope(any_database) as s:
+        kinds = s.execute(select(LedgerEntry.kind)
+                          .where(LedgerEntry.account_id == owner.account_id)).scalars().all()
+        assert sorted(kinds) == ["grant", "reserve"]
+        assert s.execute(select(IdempotencyKey.job_id).where(
+            IdempotencyKey.account_id == owner.account_id)).scalars().all() == [job_id]
+    redis_client.delete(f"chorus:job:{job_id}:request", f"chorus:job:{job_id}:relay")
+
+
+def test_a_refused_hold_stores_no_key(any_database: str, redis_client: redis.Redis) -> None:
+    owner = owner_with(any_database, 0)
+    claim = idempotency.Claim("k", "chat", idempotency.request_hash("chat", BODY))
+    with pytest.raises(ApiError) as err:
+        create_job(owner, "chat", BODY, get_registry(), redis_client, None, claim)
+    assert err.value.status == 402
+    with session_scope(any_database) as s:
+        assert s.execute(select(IdempotencyKey).where(
+            IdempotencyKey.account_id == owner.account_id)).first() is None
+        assert s.execute(select(Job).where(Job.account_id == owner.account_id)).first() is None
