@@ -5,7 +5,7 @@ A key is stored per account with the hash of its request's canonical body, in th
 transaction that stores the job and its hold (``api.submit``), so neither exists without
 the other. The primary key ``(account_id, key)`` decides between requests racing on one
 key: the loser's transaction fails on it, and the loser then reads the winner's row.
-Keys live 24 hours; an account's expired keys are deleted when it stores a new one.
+Keys live 24 hours; each insert deletes a few expired ones.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Response, request
-from sqlalchemy import delete, select
+from sqlalchemy import Delete, and_, delete, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,8 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
+# Expired keys deleted, at most, by each insert (more than one: the backlog shrinks).
+CLEANUP_BATCH = 20
 # Printable ASCII, space included (as in RFC 9110 field values, without obs-text).
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 
@@ -98,10 +100,7 @@ def store(session: Session, account_id: int, c: Claim, *, job_id: str | None = N
     Call it before the transaction takes the account's row: a racing request then waits
     on the key alone."""
     now = datetime.now(UTC)
-    # Keys past their 24 hours no longer count: this account's go (by the index on
-    # account and time, so only the expired rows are touched).
-    session.execute(delete(IdempotencyKey).where(
-        IdempotencyKey.account_id == account_id, IdempotencyKey.created_at < now - TTL))
+    session.execute(_expired(now - TTL, account_id, c.key))
     session.add(IdempotencyKey(account_id=account_id, key=c.key, endpoint=c.endpoint,
                                request_hash=c.request_hash, job_id=job_id,
                                batch_id=batch_id, created_at=now))
@@ -109,6 +108,20 @@ def store(session: Session, account_id: int, c: Claim, *, job_id: str | None = N
         session.flush()
     except IntegrityError as exc:
         raise KeyTaken(c.key) from exc
+
+
+def _expired(cutoff: datetime, account_id: int, key: str) -> Delete:
+    """Keys past their 24 hours no longer count: this one, if it is, and the oldest few
+    of any account, so every expired key goes eventually at a bounded cost per insert.
+    Rows another transaction is deleting are skipped, not waited for (PostgreSQL)."""
+    oldest = (select(IdempotencyKey.account_id, IdempotencyKey.key)
+              .where(IdempotencyKey.created_at < cutoff)
+              .order_by(IdempotencyKey.created_at).limit(CLEANUP_BATCH)
+              .with_for_update(skip_locked=True))
+    this = and_(IdempotencyKey.account_id == account_id, IdempotencyKey.key == key)
+    return delete(IdempotencyKey).where(
+        IdempotencyKey.created_at < cutoff,
+        or_(this, tuple_(IdempotencyKey.account_id, IdempotencyKey.key).in_(oldest)))
 
 
 def resolve(account_id: int, c: Claim) -> KeyUsed:

@@ -148,8 +148,8 @@ class IdempotencyKey(Base):
     the transaction that made it, and the hash of that request's canonical body."""
 
     __tablename__ = "idempotency_keys"
-    # Expired keys of an account are deleted as it stores a new one: by this index.
-    __table_args__ = (Index("ix_idempotency_keys_account_created", "account_id", "created_at"),)
+    # Each insert deletes the oldest expired keys: found by this index.
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
 
     # The primary key is the constraint that decides between two requests racing on a key.
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)

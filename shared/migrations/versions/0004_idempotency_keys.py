@@ -31,10 +31,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["batch_id"], ["batches.id"]),
         sa.PrimaryKeyConstraint("account_id", "key"),
     )
-    op.create_index("ix_idempotency_keys_account_created", "idempotency_keys",
-                    ["account_id", "created_at"])
+    op.create_index("ix_idempotency_keys_created", "idempotency_keys", ["created_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_idempotency_keys_account_created", table_name="idempotency_keys")
+    op.drop_index("ix_idempotency_keys_created", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")

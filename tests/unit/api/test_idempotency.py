@@ -121,23 +121,25 @@ def test_keys_are_per_account(database: str) -> None:
     assert store_job(database, one, claim) != store_job(database, two, claim)
 
 
-def test_an_expired_key_is_free_again_and_deleted(database: str) -> None:
-    account = new_account(database)
+def test_an_expired_key_is_free_again_and_expired_keys_go(any_database: str) -> None:
+    url = any_database
+    account, other = new_account(url), new_account(url)
     old = idempotency.Claim("k-old", "chat", "a" * 64)
-    other = idempotency.Claim("k-other", "chat", "a" * 64)
-    store_job(database, account, old)
-    store_job(database, account, other)
-    with session_scope(database) as s:
-        s.execute(update(IdempotencyKey).where(IdempotencyKey.account_id == account)
+    store_job(url, account, old)
+    store_job(url, account, idempotency.Claim("k-mine", "chat", "a" * 64))
+    store_job(url, other, idempotency.Claim("k-theirs", "chat", "a" * 64))
+    with session_scope(url) as s:
+        s.execute(update(IdempotencyKey)
+                  .where(IdempotencyKey.account_id.in_([account, other]))
                   .values(created_at=datetime.now(UTC) - timedelta(hours=24, seconds=1)))
     with pytest.raises(ApiError) as err:
         idempotency.resolve(account, old)  # expired: it names nothing any more
     assert err.value.code == "idempotency_in_progress"
-    job_id = store_job(database, account, idempotency.Claim("k-old", "chat", "c" * 64))
-    with session_scope(database) as s:
-        rows = s.execute(select(IdempotencyKey).where(IdempotencyKey.account_id == account)
-                         ).scalars().all()
-        # The account's other expired key went with it.
+    job_id = store_job(url, account, idempotency.Claim("k-old", "chat", "c" * 64))
+    with session_scope(url) as s:
+        rows = s.execute(select(IdempotencyKey).where(
+            IdempotencyKey.account_id.in_([account, other]))).scalars().all()
+        # The reused key is new; the other expired ones, of any account, are gone.
         assert [(r.key, r.job_id) for r in rows] == [("k-old", job_id)]
 
 
