@@ -20,6 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import idempotency
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import MODEL_PARAM, request_cancel, start_job
@@ -99,16 +100,34 @@ def _submit_line(owner: KeyOwner, batch_id: str, n: int, line: BatchLine,
     return item
 
 
+def canonical(lines: list[tuple[BatchLine, Common]]) -> list[dict[str, Any]]:
+    """The batch as its ``Idempotency-Key`` hashes it: each line's validated fields."""
+    return [{"custom_id": line.custom_id, "endpoint": line.endpoint,
+             "body": req.model_dump(mode="json", exclude_none=True)} for line, req in lines]
+
+
 @bp.post("/batches")
 def create_batch() -> tuple[Response, int]:
     owner = authenticate()
     lines = parse_batch()
     registry_check(lines)
+    claim = idempotency.claim("batch", lambda: canonical(lines))
     batch = Batch(id=str(uuid.uuid4()), account_id=owner.account_id, key_id=owner.key_id,
                   total=len(lines))
     try:
         with session_scope() as session:
             session.add(batch)
+            if claim is not None:
+                session.flush()
+                idempotency.store(session, owner.account_id, claim, batch_id=batch.id)
+    except idempotency.KeyTaken:
+        assert claim is not None
+        used = idempotency.resolve(owner.account_id, claim)
+        if used.batch_id is None:
+            raise ApiError(409, "idempotency_conflict", "this Idempotency-Key names a job",
+                           idempotency.HEADER) from None
+        # The first request's batch, as it stands now: its lines may still be going in.
+        return idempotency.mark_replayed(jsonify(batch_view(used.batch_id, owner.account_id))), 200
     except SQLAlchemyError as exc:
         raise unavailable("database") from exc
     items = [_submit_line(owner, batch.id, n, line, req) for n, (line, req) in enumerate(lines)]

@@ -9,6 +9,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import idempotency, replays
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.relay import Relay
@@ -43,17 +44,20 @@ def _redis() -> redis.Redis:
 MODEL_PARAM = {"chat": "model", "compare": "models", "blend": "models", "judge": "contestants"}
 
 
-def start_job(owner: KeyOwner, kind: str, req: Common, *, follow: bool = True) -> str:
+def start_job(owner: KeyOwner, kind: str, req: Common, *, follow: bool = True,
+              claim: idempotency.Claim | None = None) -> str:
     """Check the models, store the job and hold its credits; the caller enqueues it.
 
     Every entry point (REST, OpenAI-compatible, WebSocket, batches) goes through here so
     they share validation, credits and the ``chorus.before_enqueue`` hook. ``follow``:
-    this process relays the job's events to a client (a batch's jobs have none)."""
+    this process relays the job's events to a client (a batch's jobs have none).
+    ``claim``: the request's ``Idempotency-Key``; ``idempotency.KeyUsed`` when it already
+    names a job."""
     registry = _registry()
     check_models(req.model_ids(), registry, MODEL_PARAM[kind])
     body = req.model_dump(mode="json", exclude_none=True)
     relay = _relay().channel if follow else None
-    job_id, _hold = create_job(owner, kind, body, registry, _redis(), relay)
+    job_id, _hold = create_job(owner, kind, body, registry, _redis(), relay, claim)
     hook = current_app.extensions.get("chorus.before_enqueue")
     if hook is not None:
         hook(job_id, body)
@@ -63,15 +67,36 @@ def start_job(owner: KeyOwner, kind: str, req: Common, *, follow: bool = True) -
 def submit(kind: str) -> Response:
     owner = authenticate()
     req = parse_body(JOB_KINDS[kind])
-    job_id = start_job(owner, kind, req)
+    claim = idempotency.claim(kind, lambda: req.model_dump(mode="json", exclude_none=True))
+    try:
+        job_id = start_job(owner, kind, req, claim=claim)
+    except idempotency.KeyUsed as used:
+        job = replays.load(replayed_job(used), owner.account_id)
+        if req.stream:
+            return replays.stream(job)
+        return idempotency.mark_replayed(final_response(replays.final(job)), job.id)
+    # A request with a key is one its client means to retry: the job runs on when the
+    # client leaves, so that the retry gets the whole answer (charged once).
+    keep = req.keep_running or claim is not None
     if req.stream:
         # The relay watches the job when the response starts; events published before
         # that are read from the replay list, so nothing is lost either way.
-        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, own=True)
+        resp = sse_response(job_id, cancel_on_disconnect=not keep, own=True)
         enqueue(job_id)
         return resp
     enqueue(job_id)
-    return final_response(wait_final(job_id))
+    resp = final_response(wait_final(job_id, cancel_on_disconnect=not keep))
+    resp.headers["X-Chorus-Job-Id"] = job_id
+    return resp
+
+
+def replayed_job(used: idempotency.KeyUsed) -> str:
+    """The job a used key names (a key of a batch has the batch's endpoint in its hash,
+    so it never matches a job's request)."""
+    if used.job_id is None:
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key names a batch",
+                       idempotency.HEADER)
+    return used.job_id
 
 
 def final_response(final: dict[str, Any]) -> Response:

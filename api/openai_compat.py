@@ -14,14 +14,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from pydantic import ValidationError
 
+from api import idempotency, replays
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found
-from api.jobs import start_job
+from api.jobs import replayed_job, start_job
 from api.streaming import sse_response, wait_final
 from api.submit import enqueue, parse_body
 from shared import events
 from shared.registry import get_registry
 from shared.schemas import ChatCompletionRequest, ChatRequest
+from shared.tables import as_utc
 
 bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
 
@@ -85,17 +87,32 @@ def chat_completions() -> Response:
     owner = authenticate()
     oreq = parse_body(ChatCompletionRequest)
     req = to_chat_request(oreq)
-    job_id = start_job(owner, "chat", req)
+    claim = idempotency.claim("openai.chat_completions",
+                              lambda: oreq.model_dump(mode="json", exclude_none=True))
+    usage = bool(oreq.stream_options and oreq.stream_options.include_usage)
+    try:
+        job_id = start_job(owner, "chat", req, claim=claim)
+    except idempotency.KeyUsed as used:
+        job = replays.load(replayed_job(used), owner.account_id)
+        created = int(as_utc(job.created_at).timestamp())
+        if oreq.stream:
+            frames = ChunkFrames(job.id, created, oreq.model, include_usage=usage)
+            return replays.stream(job, frames)
+        try:
+            resp = jsonify(completion_body(job.id, created, oreq.model, replays.final(job)))
+        except ApiError as failed:
+            resp = failed.response()
+        return idempotency.mark_replayed(resp, job.id)
     created = int(time.time())
+    # As in ``api.jobs.submit``: a request with a key runs on when its client leaves.
+    keep = req.keep_running or claim is not None
     if oreq.stream:
-        usage = bool(oreq.stream_options and oreq.stream_options.include_usage)
         frames = ChunkFrames(job_id, created, oreq.model, include_usage=usage)
-        resp = sse_response(job_id, cancel_on_disconnect=not req.keep_running, frames=frames,
-                            own=True)
+        resp = sse_response(job_id, cancel_on_disconnect=not keep, frames=frames, own=True)
         enqueue(job_id)
         return resp
     enqueue(job_id)
-    final = wait_final(job_id)
+    final = wait_final(job_id, cancel_on_disconnect=not keep)
     resp = jsonify(completion_body(job_id, created, oreq.model, final))
     resp.headers["X-Chorus-Job-Id"] = job_id
     return resp

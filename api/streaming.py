@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
 from flask import Response, current_app, request, stream_with_context
 
-from api.errors import unavailable
-from api.relay import ClientGone, Ended, Relay, follow, follow_batches
+from api.errors import ApiError, unavailable
+from api.relay import ClientGone, Ended, Relay, follow_batches
 from shared import events, readiness
 
 SSE_HEADERS = {
@@ -123,18 +124,38 @@ def sse_response(
     )
 
 
-def wait_final(job_id: str) -> dict[str, Any]:
-    """Block until the terminal event of a job this process took and return it
-    (non-streaming calls)."""
+# How often a non-streamed request looks at its client's socket while the answer comes:
+# one non-blocking poll, so a client that left is noticed within this long.
+HANG_UP_CHECK_S = 0.5
+
+
+def wait_final(job_id: str, *, own: bool = True,
+               cancel_on_disconnect: bool = False) -> dict[str, Any]:
+    """Block until the terminal event of a job and return it (non-streaming calls);
+    ``own``: this process took the job. With ``cancel_on_disconnect`` a client that
+    hangs up meanwhile is treated as a stream's is (the disconnect hook), and the
+    request ends with 499, which nobody reads."""
+    gone = hang_up_check(request.environ) if cancel_on_disconnect else None
+    next_check = time.monotonic() + HANG_UP_CHECK_S
     try:
-        for item in follow(_relay(), _redis(), job_id, own=True):
-            if item is not None and events.is_final(item[1]):
-                final: dict[str, Any] = json.loads(item[1])
+        for batch in follow_batches(_relay(), _redis(), job_id, own=own, gone=gone):
+            if batch and events.is_final(batch[-1][1]):
+                final: dict[str, Any] = json.loads(batch[-1][1])
                 return final
+            # Events keep coming while tokens stream, so the silence check of
+            # ``follow_batches`` alone would not run until the answer is done.
+            if gone is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + HANG_UP_CHECK_S
+                if gone():
+                    raise ClientGone(job_id)
     except redis.RedisError as exc:
         # The job goes on: its id lets the client read its end later.
         err = unavailable("redis")
         err.extra["job_id"] = job_id
         err.headers["X-Chorus-Job-Id"] = job_id
         raise err from exc
+    except ClientGone:
+        on_disconnect(job_id)
+        raise ApiError(499, "client_closed_request",
+                       "the client closed the connection before the answer") from None
     raise unavailable("event stream")

@@ -13,6 +13,7 @@ from kombu.exceptions import KombuError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import idempotency
 from api.errors import ApiError, bad_request, unavailable
 from api.ticket import Ticket
 from shared import budgets, byok, ledger, onestatement, pricing
@@ -60,17 +61,22 @@ def check_models(ids: list[str], registry: Registry, param: str) -> None:
 
 def create_job(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis,
-    relay: str | None = None,
+    relay: str | None = None, claim: idempotency.Claim | None = None,
 ) -> tuple[str, Decimal]:
     """Store the job and hold its worst-case cost in one transaction (402 if not covered).
 
     The key's and the session's budgets are held first, then the wallet; when either
-    refuses, the whole transaction (job row included) rolls back.
+    refuses, the whole transaction (job row included) rolls back. With a ``claim`` (an
+    ``Idempotency-Key``) its row is written in the same transaction; a key another
+    request stored raises ``idempotency.KeyUsed`` (replay its job) or a 409.
     """
     job_id = str(uuid.uuid4())
     ticket = Ticket(client, job_id, owner, kind, body, relay)
     try:
-        hold, own = _open(owner, kind, body, registry, job_id, ticket)
+        hold, own = _open(owner, kind, body, registry, job_id, ticket, claim)
+    except idempotency.KeyTaken:
+        assert claim is not None
+        raise idempotency.resolve(owner.account_id, claim) from None
     except budgets.BudgetExceeded as exc:
         raise ApiError(
             402,
@@ -100,9 +106,14 @@ def create_job(
 
 
 def _open(owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
-          ticket: Ticket) -> tuple[Decimal, list[str]]:
+          ticket: Ticket, claim: idempotency.Claim | None) -> tuple[Decimal, list[str]]:
     """The hold; a ticket written meanwhile is taken back when it fails."""
     try:
+        if claim is not None:
+            # The key's row must commit with the job: a transaction of a few statements
+            # (the one-statement path below has no room for it). Requests without a key,
+            # nearly all of them, never come here.
+            return _open_in_a_transaction(owner, kind, body, registry, job_id, claim)
         if is_postgres():
             return _open_in_one_statement(owner, kind, body, registry, job_id)
         return _open_in_a_transaction(owner, kind, body, registry, job_id)
@@ -149,9 +160,11 @@ def _open_in_one_statement(
 
 
 def _open_in_a_transaction(
-    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
+    claim: idempotency.Claim | None = None,
 ) -> tuple[Decimal, list[str]]:
-    """The job row, the budgets' holds and the wallet's, in one transaction."""
+    """The job row, its idempotency key if any, the budgets' holds and the wallet's, in
+    one transaction."""
     with session_scope() as session:
         terms = budgets.terms(session, owner.key_id)
         own = terms.own_providers if kind in byok.JOB_KINDS else []
@@ -170,6 +183,10 @@ def _open_in_a_transaction(
             )
         )
         session.flush()
+        if claim is not None:
+            # Before the holds: a request racing on the key waits on the key's row, not
+            # on the account's, and its holds are never taken.
+            idempotency.store(session, owner.account_id, claim, job_id=job_id)
         budgets.reserve(
             session, terms, account_id=owner.account_id, key_id=owner.key_id,
             session_id=body.get("session_id"), job_id=job_id, amount=hold,
@@ -198,10 +215,12 @@ def enqueue(job_id: str, queue: str = QUEUE_INTERACTIVE) -> None:
 
 
 def abandon(job_id: str) -> None:
-    """A job that could not be enqueued never ran: release its hold, mark it failed."""
+    """A job that could not be enqueued never ran: release its hold, mark it failed, and
+    free its idempotency key so that a retry makes the job anew."""
     try:
         with session_scope() as session:
             ledger.release(session, job_id)
+            idempotency.forget(session, job_id)
             job = session.get(Job, job_id)
             if job is not None:
                 job.status = "failed"

@@ -25,9 +25,10 @@ from pydantic import BaseModel
 from simple_websocket import ConnectionClosed
 from werkzeug.routing import WebsocketMismatch
 
+from api import idempotency
 from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
-from api.jobs import RowFinal, load_job, request_cancel, start_job
+from api.jobs import RowFinal, load_job, replayed_job, request_cancel, start_job
 from api.ratelimit import RateLimiter, client_ip
 from api.relay import Ended, Relay, follow
 from api.streaming import on_disconnect
@@ -44,6 +45,8 @@ sock = Sock()
 AUTH_TIMEOUT_S = 30.0
 MAX_JOBS_PER_SOCKET = 100
 MAX_CLIENT_ID = 100
+# A job message's ``Idempotency-Key``, as a field (a socket's messages have no headers).
+IDEMPOTENCY_FIELD = "idempotency_key"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -158,12 +161,29 @@ class SocketSession:
     def submit(self, kind: str, msg: dict[str, Any]) -> None:
         assert self.owner is not None
         client_id = self._claim_id(msg)
-        body = {k: v for k, v in msg.items() if k not in ("type", "id")}
+        body = {k: v for k, v in msg.items() if k not in ("type", "id", IDEMPOTENCY_FIELD)}
         req = validate(JOB_KINDS[kind], body)
+        raw_key = msg.get(IDEMPOTENCY_FIELD)
+        if raw_key is not None and not isinstance(raw_key, str):
+            raise bad_request(f"{IDEMPOTENCY_FIELD} must be a string", IDEMPOTENCY_FIELD)
+        # Hashed as the REST request of the same kind: the key means the same either way.
+        claim = idempotency.claim_of(raw_key, kind, lambda: req.model_dump(
+            mode="json", exclude_none=True), IDEMPOTENCY_FIELD)
         self._take_rate_token(kind)
-        job_id = start_job(self.owner, kind, req)
+        try:
+            job_id = start_job(self.owner, kind, req, claim=claim)
+        except idempotency.KeyUsed as used:
+            # The first request's job, from its first event; this socket does not own it.
+            job_id = replayed_job(used)
+            load_job(job_id, self.owner.account_id)
+            self.send({"type": "accepted", "id": client_id, "job_id": job_id,
+                       "replayed": True})
+            self._relay(client_id, job_id, 0, cancel_on_close=False)
+            return
         self.send({"type": "accepted", "id": client_id, "job_id": job_id})
-        job = self._relay(client_id, job_id, 0, cancel_on_close=not req.keep_running, own=True)
+        # As over HTTP, a job with a key runs on when its client leaves.
+        keep = req.keep_running or claim is not None
+        job = self._relay(client_id, job_id, 0, cancel_on_close=not keep, own=True)
         try:
             enqueue(job_id)
         except ApiError:

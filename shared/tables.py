@@ -1,5 +1,5 @@
 """SQLAlchemy tables: accounts, keys, the credits ledger, budgets, BYOK keys, jobs, batches,
-request log."""
+idempotency keys, request log."""
 
 from __future__ import annotations
 
@@ -141,6 +141,24 @@ class BatchItem(Base):
     endpoint: Mapped[str] = mapped_column(String(16))
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key``: the job (or batch) its first request made, stored in
+    the transaction that made it, and the hash of that request's canonical body."""
+
+    __tablename__ = "idempotency_keys"
+    # Each insert deletes the oldest expired keys: found by this index.
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
+
+    # The primary key is the constraint that decides between two requests racing on a key.
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class RequestLog(Base):
