@@ -24,6 +24,7 @@ from api import idempotency
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import MODEL_PARAM, request_cancel, start_job
+from api.jsontext import decode, invalid_json, jsonl_line, split_jsonl
 from api.submit import check_models, enqueue, validate_json
 from shared.db import session_scope
 from shared.keys import KeyOwner
@@ -41,19 +42,15 @@ FINAL = ("succeeded", "failed", "cancelled")
 def _raw_lines() -> list[str]:
     """The batch's lines as JSON texts: a JSONL body, or a JSON ``{"lines": [...]}``."""
     raw = request.get_data(cache=True)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_request("body is not UTF-8") from exc
     if request.mimetype in JSONL_TYPES:
-        return [line for line in text.splitlines() if line.strip()]
+        try:
+            return split_jsonl(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise invalid_json("body", "not UTF-8") from exc
     if request.mimetype != "application/json":
         raise bad_request("body must be JSONL (Content-Type: application/jsonl), one job a "
                           "line, or JSON {\"lines\": [...]}")
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise bad_request(f"body is not valid JSON: {exc}") from exc
+    doc = decode(raw)
     if not isinstance(doc, dict) or set(doc) != {"lines"} or not isinstance(doc["lines"], list):
         raise bad_request("a JSON batch is an object with one field, lines: [...]", "lines")
     return [json.dumps(line) for line in doc["lines"]]
@@ -71,7 +68,7 @@ def parse_batch() -> list[tuple[BatchLine, Common]]:
     seen: set[str] = set()
     for i, text in enumerate(texts):
         where = f"lines.{i}"
-        line = validate_json(BatchLine, text, where)
+        line = validate_json(BatchLine, jsonl_line(text, where), where)
         if line.custom_id in seen:
             raise bad_request(f"{where}.custom_id: {line.custom_id!r} is used twice",
                               f"{where}.custom_id")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
 from api.errors import ApiError, bad_request, unavailable
+from api.jsontext import decode, invalid_json
 from api.ticket import Ticket
 from shared import budgets, byok, ledger, onestatement, pricing
 from shared.db import autocommit, is_postgres, session_scope
@@ -32,11 +32,7 @@ def parse_body(model: type[T]) -> T:
     if request.mimetype != "application/json":
         raise bad_request("body must be JSON (Content-Type: application/json)")
     raw = request.get_data(cache=True)
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
+    if not isinstance(decode(raw), dict):
         raise bad_request("body must be a JSON object")
     return validate_json(model, raw)
 
@@ -50,6 +46,9 @@ def validate_json(model: type[T], raw: str | bytes, where: str = "") -> T:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"]]
         param = ".".join([where, *loc] if where else loc) or None
+        if first["type"] == "json_invalid":
+            raise invalid_json(where or "body", first["msg"].removeprefix("Invalid JSON: "),
+                               param) from exc
         raise bad_request(f"{param or 'body'}: {first['msg']}", param) from exc
 
 

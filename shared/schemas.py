@@ -8,12 +8,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Role = Literal["system", "user", "assistant", "tool"]
+# Ids a caller chooses: C0 and C1 controls, DEL and the Unicode line separators refused.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 
 class Strict(BaseModel):
@@ -49,9 +53,10 @@ class Common(Strict):
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    # No NUL: PostgreSQL cannot store one in text, and no real id contains it.
+    # No control character: PostgreSQL cannot store a NUL in text, an id travels in paths
+    # (``/budgets/sessions/<id>``) that refuse them, and no real id holds one.
     session_id: str | None = Field(default=None, min_length=1, max_length=200,
-                                   pattern=r"^[^\x00]*$")
+                                   pattern=NO_CONTROL)
     # Keep the job running after the client disconnects (batch-like use of a stream).
     keep_running: bool = False
 
@@ -67,6 +72,16 @@ class Common(Strict):
         raise NotImplementedError
 
 
+def repeated_fallback(model: str | None, fallback: list[str]) -> int | None:
+    """The index of the first fallback that repeats the primary or an earlier fallback."""
+    seen = {model}
+    for i, model_id in enumerate(fallback):
+        if model_id in seen:
+            return i
+        seen.add(model_id)
+    return None
+
+
 def _distinct(ids: list[str]) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ValueError("models must be distinct")
@@ -76,6 +91,22 @@ def _distinct(ids: list[str]) -> list[str]:
 class ChatRequest(Common):
     model: str = Field(min_length=1, max_length=100)
     routing: Routing | None = None
+
+    @field_validator("routing")
+    @classmethod
+    def _no_repeats(cls, v: Routing | None, info: ValidationInfo) -> Routing | None:
+        if v is not None:
+            at = repeated_fallback(info.data.get("model"), v.fallback)
+            if at is not None:
+                # Named by its place in the chain (``routing.fallback.<i>``), not the
+                # whole ``routing`` object, so a client can point at the entry to drop.
+                raise ValidationError.from_exception_data("Routing", [InitErrorDetails(
+                    type=PydanticCustomError(
+                        "duplicate_model",
+                        "{model} is already in the chain: the primary and each fallback "
+                        "must be distinct models", {"model": repr(v.fallback[at])}),
+                    loc=("fallback", at), input=v.fallback[at])])
+        return v
 
     def model_ids(self) -> list[str]:
         ids = [] if self.model == "auto" else [self.model]
@@ -198,9 +229,9 @@ class ChorusOptions(Strict):
 
     fallback: list[str] = Field(default_factory=list, max_length=8)
     keep_running: bool = False
-    # No NUL: PostgreSQL cannot store one in text, and no real id contains it.
+    # No control character, as in ``Common.session_id``.
     session_id: str | None = Field(default=None, min_length=1, max_length=200,
-                                   pattern=r"^[^\x00]*$")
+                                   pattern=NO_CONTROL)
 
 
 class ChatCompletionRequest(Strict):

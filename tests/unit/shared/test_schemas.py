@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import BlendRequest, ChatRequest, CompareRequest, JudgeRequest
+from shared.schemas import (
+    BlendRequest,
+    ChatRequest,
+    CompareRequest,
+    JudgeRequest,
+    repeated_fallback,
+)
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -70,3 +76,44 @@ def test_judge_counts() -> None:
     assert ok.model_ids() == ["a", "b", "j"]
     with pytest.raises(ValidationError):
         parse(JudgeRequest, {"contestants": ["a"] * 5, "judge": "j", "messages": MSG})
+
+
+@pytest.mark.parametrize(("model", "fallback", "at"), [
+    ("a", [], None), ("a", ["b", "c"], None), ("a", ["a"], 0), ("a", ["b", "a"], 1),
+    ("a", ["b", "b"], 1), ("a", ["b", "c", "d", "c"], 3), ("auto", ["b", "auto"], 1),
+])
+def test_repeated_fallback_finds_the_first_repeat(
+    model: str, fallback: list[str], at: int | None
+) -> None:
+    assert repeated_fallback(model, fallback) == at
+
+
+@pytest.mark.parametrize(("fallback", "loc"), [
+    (["m"], ("routing", "fallback", 0)),
+    (["x", "y", "x"], ("routing", "fallback", 2)),
+])
+def test_a_chain_repeating_a_model_names_the_repeat(
+    fallback: list[str], loc: tuple[Any, ...]
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse(ChatRequest, {"model": "m", "messages": MSG, "routing": {"fallback": fallback}})
+    first = err.value.errors()[0]
+    assert first["loc"] == loc and first["type"] == "duplicate_model"
+
+
+def test_a_chain_of_distinct_models_is_valid() -> None:
+    req = parse(ChatRequest, {"model": "m", "messages": MSG, "routing": {"fallback": ["x"]}})
+    assert req.model_ids() == ["m", "x"]
+
+
+@pytest.mark.parametrize("session_id", ["a\x00", "a\nb", "a\rb", "\x1b[31m", "a\x7f", "a\x85",
+                                        "a\u2028b"])
+def test_a_session_id_holds_no_control_character(session_id: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse(ChatRequest, {"model": "m", "messages": MSG, "session_id": session_id})
+    assert err.value.errors()[0]["loc"] == ("session_id",)
+
+
+def test_a_session_id_may_hold_any_printable_text() -> None:
+    sid = "user 42 — é€😀 \"quoted\" \\ slash"
+    assert parse(ChatRequest, {"model": "m", "messages": MSG, "session_id": sid}).session_id == sid
