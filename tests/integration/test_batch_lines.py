@@ -47,9 +47,10 @@ def test_unicode_and_python_line_breaks_stay_inside_their_line(
     # As an ensure_ascii=False writer leaves them (U+2028, U+0085 raw), plus the C0
     # separators raw as well, which strict JSON would have escaped.
     texts = [json.dumps(line(cid, text), ensure_ascii=False) for cid, text in contents.items()]
-    texts = [t.replace("\\u000b", "\x0b").replace("\\u000c", "\x0c").replace(
-        "\\u001c", "\x1c").replace("\\u001d", "\x1d").replace("\\u001e", "\x1e")
-        for t in texts]
+    raw = {"\\u000b": "\x0b", "\\f": "\x0c", "\\u001c": "\x1c", "\\u001d": "\x1d",
+           "\\u001e": "\x1e"}
+    for escaped, char in raw.items():
+        texts = [t.replace(escaped, char) for t in texts]
     body = "\r\n".join(texts[:4]) + "\r\n\n  \n" + "\n".join(texts[4:])  # no final newline
     assert all(sep in body for sep in SEPARATORS)
     r = api.post("/api/v1/batches", content=body.encode(),
