@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -38,7 +38,9 @@ class Query(BaseModel):
 
 class Page(Query):
     limit: int = Field(default=20, ge=1, le=200)
-    cursor: int | None = Field(default=None, ge=1, description="next_cursor of the last page")
+    # Row ids are 64-bit: SQLite cannot even bind a larger number.
+    cursor: int | None = Field(default=None, ge=1, le=2**63 - 1,
+                               description="next_cursor of the last page")
 
 
 class UsageQuery(Page):
@@ -47,14 +49,28 @@ class UsageQuery(Page):
     since: datetime | None = None
     until: datetime | None = None
 
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, v: datetime | None) -> datetime | None:
+        # Compared in UTC, as the database holds them: it refuses offsets past 15:59 that
+        # Python takes, and 9999-12-31T23:59-23:59 leaves the calendar once converted. A
+        # 400 here, not a database error.
+        if v is None or v.tzinfo is None:
+            return v
+        try:
+            return v.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("is out of range once converted to UTC") from exc
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ByokBody(Body):
-    # No whitespace inside: a pasted key with a stray newline would fail upstream later.
-    api_key: str = Field(min_length=8, max_length=1000, pattern=r"^\S+$")
+    # Printable ASCII, no whitespace: a pasted key with a stray newline, a NUL or any other
+    # control character would be stored, then refused by every call's HTTP header.
+    api_key: str = Field(min_length=8, max_length=1000, pattern=r"^[\x21-\x7e]+$")
 
 
 class LimitBody(Body):

@@ -7,12 +7,13 @@ import logging
 import redis
 from celery import Celery
 from flask import Flask, Response, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from redis.maint_notifications import MaintNotificationsConfig
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import account, batches, jobs, openai_compat, openapi, ratelimit, system, ws
-from api.errors import ApiError
+from api import account, batches, jobs, logs, openai_compat, openapi, ratelimit, system, ws
+from api.errors import ApiError, bad_request
 from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
 from shared import readiness
@@ -43,6 +44,7 @@ def make_redis(url: str) -> redis.Redis:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     readiness.install()
+    logs.install()
     app = Flask("chorus")
     app.config["CHORUS_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery_init_app(app)
     # Metered before any view runs; every response gets the X-RateLimit-* headers.
     ratelimit.init_app(app, client, settings)
+    app.before_request(_printable_url)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(account.bp)
@@ -68,6 +71,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def _printable_url() -> None:
+    """A control character in a path parameter or the query string is a 400: no id,
+    model, date or number holds one, and PostgreSQL cannot even store a NUL. A path no
+    route matches stays a 404."""
+    if request.routing_exception is not None:
+        return
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and logs.CONTROL.search(value):
+            raise bad_request(f"{name} holds a control character", name)
+    if not request.query_string:
+        return
+    for name, value in request.args.items(multi=True):
+        if logs.CONTROL.search(name) or logs.CONTROL.search(value):
+            param = logs.escape(name)[:100]
+            raise bad_request(f"query parameter {param} holds a control character", param)
+
+
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -77,6 +97,14 @@ def _register_errors(app: Flask) -> None:
     def _too_large(_exc: RequestEntityTooLarge) -> Response:
         limit = app.config["MAX_CONTENT_LENGTH"]
         return ApiError(413, "payload_too_large", f"body over {limit} bytes").response()
+
+    @app.errorhandler(ParseException)
+    @app.errorhandler(NoMoreData)
+    def _unreadable_body(exc: Exception) -> Response:
+        # gunicorn reads a chunked body as the view asks for it: broken framing or a
+        # client gone mid-body surfaces here, not before the view runs.
+        return bad_request(f"the request body could not be read ({type(exc).__name__})"
+                           ).response()
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

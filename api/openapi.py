@@ -42,7 +42,8 @@ CHUNK_SSE_EXAMPLE = (
     '"finish_reason":null}]}\n\ndata: [DONE]\n\n'
 )
 ERROR_TEXT = {
-    400: "invalid body, unknown field or unknown model",
+    400: "invalid body (`invalid_json`: not JSON), unknown field or model, or a control "
+         "character in a path parameter or the query",
     401: "missing or invalid API key",
     402: "not enough credits for the request's worst case",
     404: "not there, or not yours",
@@ -132,9 +133,9 @@ OPS: list[Op] = [
     Op("post", "/api/v1/judge", "2-4 contestants answer, a judge scores and ranks", "jobs",
        am.JobFinal, JudgeRequest, SUBMIT_ERRORS, "sse", description=SUBMIT_TEXT),
     Op("get", "/api/v1/jobs/{job_id}", "A job's status and result", "jobs", am.JobView,
-       errors=(401, 404, 429, 503), params=(JOB_ID,)),
+       errors=(400, 401, 404, 429, 503), params=(JOB_ID,)),
     Op("delete", "/api/v1/jobs/{job_id}", "Cancel a job; it is settled for what it used",
-       "jobs", am.CancelAccepted, errors=(401, 404, 429, 503), params=(JOB_ID,)),
+       "jobs", am.CancelAccepted, errors=(400, 401, 404, 429, 503), params=(JOB_ID,)),
     Op("get", "/api/v1/jobs/{job_id}/events", "A job's events as SSE, resumable", "jobs",
        errors=(400, 401, 404, 429, 503), stream="sse", json_ok=False,
        description="Every event after `Last-Event-ID` (header or `last_event_id` query, "
@@ -171,15 +172,15 @@ OPS: list[Op] = [
                "type": "object", "required": ["lines"], "additionalProperties": False,
                "properties": {"lines": {"type": "array", "items": _ref(BatchLine)}}}}}),
     Op("get", "/api/v1/batches/{batch_id}", "A batch's progress: counts by status", "batches",
-       am.BatchView, errors=(401, 404, 429, 503), params=(BATCH_ID,)),
+       am.BatchView, errors=(400, 401, 404, 429, 503), params=(BATCH_ID,)),
     Op("get", "/api/v1/batches/{batch_id}/results", "A batch's results as JSONL", "batches",
-       errors=(401, 404, 429, 503), json_ok=False, params=(BATCH_ID,),
+       errors=(400, 401, 404, 429, 503), json_ok=False, params=(BATCH_ID,),
        description="One `BatchResultLine` (see components) per line of the batch, in its "
                    "order; a job not ended yet has its status and no result.",
        extra_responses={"200": {"description": "JSONL", "content": {"application/jsonl": {
            "schema": {"type": "string"}}}}}),
     Op("delete", "/api/v1/batches/{batch_id}", "Cancel a batch's jobs not ended yet",
-       "batches", am.BatchView, errors=(401, 404, 429, 503), params=(BATCH_ID,)),
+       "batches", am.BatchView, errors=(400, 401, 404, 429, 503), params=(BATCH_ID,)),
     Op("get", "/api/v1/models", "The model registry: prices, context, capabilities",
        "models", am.ModelList, errors=(401, 429, 503)),
     Op("get", "/api/v1/ws", "WebSocket: the job requests and events over one socket", "jobs",
@@ -206,7 +207,7 @@ OPS: list[Op] = [
     Op("get", "/v1/models", "OpenAI-compatible model list", "openai", am.OpenAIModelList,
        errors=(401, 429, 503), openai=True),
     Op("get", "/v1/models/{model_id}", "OpenAI-compatible model lookup", "openai",
-       am.OpenAIModel, errors=(401, 404, 429, 503), openai=True,
+       am.OpenAIModel, errors=(400, 401, 404, 429, 503), openai=True,
        params=({"name": "model_id", "in": "path", "required": True,
                 "schema": {"type": "string"}},)),
     Op("get", "/api/v1/credits", "Balance, reserved credits and the recent ledger", "account",

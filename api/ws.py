@@ -24,11 +24,13 @@ from gevent.lock import Semaphore
 from pydantic import BaseModel
 from simple_websocket import ConnectionClosed
 from werkzeug.routing import WebsocketMismatch
+from wsproto.utilities import RemoteProtocolError
 
 from api import idempotency
 from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.jobs import RowFinal, load_job, replayed_job, request_cancel, start_job
+from api.jsontext import decode
 from api.ratelimit import RateLimiter, client_ip
 from api.relay import Ended, Relay, follow
 from api.streaming import on_disconnect
@@ -293,10 +295,7 @@ def reconnect_message(client_id: str, job_id: str, after: int) -> dict[str, Any]
 
 
 def _parse(raw: str | bytes | None) -> dict[str, Any]:
-    try:
-        msg = json.loads(raw or "")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"message is not valid JSON: {exc}") from exc
+    msg = decode(raw or "", "message")
     if not isinstance(msg, dict):
         raise bad_request("message must be a JSON object")
     return msg
@@ -316,10 +315,16 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     sock.init_app(app)
     app.register_error_handler(WebsocketMismatch, _not_upgraded)
+    app.register_error_handler(RemoteProtocolError, _bad_handshake)
 
 
 def _not_upgraded(_exc: WebsocketMismatch) -> Response:
     return bad_request("this endpoint needs a WebSocket upgrade (Upgrade: websocket)").response()
+
+
+def _bad_handshake(exc: RemoteProtocolError) -> Response:
+    # Raised before the socket is taken over, so an HTTP answer can still go out.
+    return bad_request(f"not a valid WebSocket upgrade: {exc}").response()
 
 
 @sock.route("/api/v1/ws", bp=bp)
