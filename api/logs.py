@@ -63,7 +63,8 @@ def exception_text(exc: BaseException) -> str:
 
 class EscapeCallerText(logging.Filter):
     """On a handler: every record it writes has its message and exception messages
-    escaped, whatever formatter the handler has."""
+    escaped, whatever formatter the handler has. Like ``QueueHandler.prepare``, it folds
+    the arguments into the message and renders the traceback, once per record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "chorus_escaped", False):
@@ -75,7 +76,8 @@ class EscapeCallerText(logging.Filter):
             return True
         record.msg = escape(message)
         record.args = None
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        if record.exc_info and record.exc_info[1] is not None:
+            # Even over a traceback an unguarded handler already rendered as it came.
             record.exc_text = exception_text(record.exc_info[1])
         record.chorus_escaped = True
         return True

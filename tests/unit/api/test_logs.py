@@ -3,6 +3,7 @@ their arguments or in an exception's message; tracebacks keep their usual shape.
 
 from __future__ import annotations
 
+import io
 import logging
 import traceback
 import uuid
@@ -98,3 +99,18 @@ def test_install_guards_the_root_handlers_once(monkeypatch: pytest.MonkeyPatch) 
     install()
     assert len(root.handlers) == 1
     assert [type(f) for f in root.handlers[0].filters] == [EscapeCallerText]
+
+
+def test_a_traceback_an_unguarded_handler_rendered_first_is_escaped_again(
+    file_logger: tuple[logging.Logger, Path]
+) -> None:
+    logger, path = file_logger
+    plain = logging.StreamHandler(io.StringIO())
+    plain.setFormatter(logging.Formatter(APP_FORMAT))
+    logger.handlers.insert(0, plain)
+    try:
+        raise ValueError(f"bad\n{FORGED}")
+    except ValueError:
+        logger.exception("failed")
+    assert f"\n{FORGED}" in plain.stream.getvalue()
+    assert f"ValueError: bad\\n{FORGED}" in path.read_text().splitlines()
