@@ -7,7 +7,7 @@ import logging
 import redis
 from celery import Celery
 from flask import Flask, Response, request
-from gunicorn.http.errors import NoMoreData, ParseException
+from gunicorn.http.errors import ParseException
 from redis.maint_notifications import MaintNotificationsConfig
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -99,10 +99,10 @@ def _register_errors(app: Flask) -> None:
         return ApiError(413, "payload_too_large", f"body over {limit} bytes").response()
 
     @app.errorhandler(ParseException)
-    @app.errorhandler(NoMoreData)
-    def _unreadable_body(exc: Exception) -> Response:
-        # gunicorn reads a chunked body as the view asks for it: broken framing or a
-        # client gone mid-body surfaces here, not before the view runs.
+    def _unreadable_body(exc: ParseException) -> Response:
+        # gunicorn reads a chunked body as the view asks for it: broken framing surfaces
+        # here, not before the view runs. (A client gone mid-body is an OSError, which
+        # werkzeug's stream already turns into a 400.)
         return bad_request(f"the request body could not be read ({type(exc).__name__})"
                            ).response()
 
