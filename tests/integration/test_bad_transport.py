@@ -120,15 +120,6 @@ def test_a_credits_cursor_past_64_bits_is_400(api: httpx.Client) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"
 
 
-def test_a_last_event_id_past_64_bits_is_400(api: httpx.Client) -> None:
-    job_id = api.post("/api/v1/chat", content=CHAT,
-                      headers={"Content-Type": "application/json"}).json()["job_id"]
-    r = api.get(f"/api/v1/jobs/{job_id}/events",
-                headers={"Last-Event-ID": "99999999999999999999999999"})
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["code"] == "invalid_request"
-
-
 @pytest.mark.parametrize("path", ["/api/v1/jobs/%zz", "/api/v1/usage?model=%e2%28%zz",
                                   "/api/v1/batches/%ff%fe"])
 def test_invalid_percent_encoding_is_never_a_5xx(api: httpx.Client, path: str) -> None:
