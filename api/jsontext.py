@@ -1,5 +1,4 @@
-"""Caller JSON read one way at every entry point: text that is not JSON, not UTF-8 or
-nested too deeply is a 400 ``invalid_json``, never a 500."""
+"""Caller JSON read one way everywhere: unparseable or too deep is a 400, never a 500."""
 
 from __future__ import annotations
 
