@@ -16,7 +16,7 @@ from api import account, batches, jobs, logs, openai_compat, openapi, ratelimit,
 from api.errors import ApiError, bad_request
 from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
-from shared import readiness
+from shared import loglines, readiness
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,13 @@ def _printable_url() -> None:
     if request.routing_exception is not None:
         return
     for name, value in (request.view_args or {}).items():
-        if isinstance(value, str) and logs.CONTROL.search(value):
+        if isinstance(value, str) and loglines.CONTROL.search(value):
             raise bad_request(f"{name} holds a control character", name)
     if not request.query_string:
         return
     for name, value in request.args.items(multi=True):
-        if logs.CONTROL.search(name) or logs.CONTROL.search(value):
-            param = logs.escape(name)[:100]
+        if loglines.CONTROL.search(name) or loglines.CONTROL.search(value):
+            param = loglines.escape(name)[:100]
             raise bad_request(f"query parameter {param} holds a control character", param)
 
 

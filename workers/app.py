@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
 
-from shared import readiness
+from celery import Celery, signals
+
+from shared import loglines, readiness
 from shared.settings import Settings, get_settings
 from workers import requeue
 from workers.broker import TRANSPORT
@@ -57,6 +60,15 @@ def make_celery(settings: Settings | None = None) -> Celery:
         },
     )
     return app
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def escape_caller_text(logger: logging.Logger, **_: Any) -> None:
+    """A worker's log lines escape what callers sent, as the API's do: provider errors
+    and task failures can quote a request."""
+    for handler in logger.handlers:
+        loglines.guard(handler)
 
 
 celery = make_celery()

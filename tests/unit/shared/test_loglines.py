@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from api.logs import APP_FORMAT, DATE_FORMAT, EscapeCallerText, escape, exception_text, install
+from api.logs import APP_FORMAT, DATE_FORMAT, install
+from shared.loglines import EscapeCallerText, escape, exception_text
 
 FORGED = "[2026-01-01 00:00:00 +0000] [1] [CRITICAL] forged"
 
