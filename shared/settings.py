@@ -46,6 +46,10 @@ class Settings:
     health_interval_s: float = 60.0
     # Seconds before the broker hands an unacknowledged task (a dead worker's) to another.
     broker_visibility_timeout_s: int = 300
+    # Seconds a stopping process gives its work (SIGTERM): an API process's requests in
+    # flight, a worker's running jobs; then a worker hands the rest back to the queue.
+    # 20 leaves a stop's own few seconds inside Kubernetes' default 30 s grace period.
+    drain_s: float = 20.0
     # Rate limits: every limit is multiplied by the scale; `rate_limits` overrides single
     # limits ("chat=90,ip.free=120"); X-Forwarded-For is trusted through this many proxies.
     rate_limit_scale: float = 1.0
@@ -84,6 +88,7 @@ def from_env() -> Settings:
         stream_pace_from=int(os.environ.get("CHORUS_STREAM_PACE_FROM") or 8),
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
         broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
+        drain_s=_env_float("CHORUS_DRAIN_S", 20.0),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),
         rate_limits=os.environ.get("CHORUS_RATE_LIMITS", ""),
         trusted_proxies=int(os.environ.get("CHORUS_TRUSTED_PROXIES") or 0),

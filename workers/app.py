@@ -9,9 +9,10 @@ from celery import Celery, signals
 
 from shared import loglines, readiness
 from shared.settings import Settings, get_settings
-from workers import requeue
+from workers import drain, requeue
 from workers.broker import TRANSPORT
 from workers.results import backend_url
+from workers.runtime import get_runtime
 
 QUEUES = ("interactive", "batch")
 
@@ -73,3 +74,4 @@ def escape_caller_text(logger: logging.Logger, **_: Any) -> None:
 
 celery = make_celery()
 requeue.install(celery, get_settings().broker_visibility_timeout_s)
+drain.install(lambda: get_runtime().drain)

@@ -13,6 +13,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from shared import readiness
 from shared.registry import Registry, get_registry
 from shared.settings import Settings, get_settings
+from workers.drain import Drain
 from workers.providers.client import Timeouts, make_http_client
 from workers.providers.read_pacing import Pacer
 from workers.publisher import CoalescingPublisher, EventSink, SyncPublisher
@@ -36,6 +37,10 @@ class Runtime:
     def pacer(self) -> Pacer:
         s = self.settings
         return Pacer(s.stream_pace_ms / 1000, s.stream_pace_from)
+
+    @cached_property
+    def drain(self) -> Drain:
+        return Drain(self.settings.drain_s)
 
     @cached_property
     def stopper(self) -> Stopper:

@@ -21,8 +21,11 @@ INFRA_RETRIES = 8
 
 @celery.task(name="chorus.run_job", ignore_result=True, bind=True, max_retries=None)
 def run_job_task(self: Task, job_id: str) -> None:
+    rt = get_runtime()
     try:
-        run_job(job_id)
+        # Handed back to the queue if still running at a stopping worker's drain deadline.
+        with rt.drain.running(f"job {job_id}", rt.publisher.flush):
+            run_job(job_id, rt)
     except JobBusy as exc:
         raise self.retry(countdown=REFRESH_S, exc=exc) from exc
     except (SQLAlchemyError, redis.RedisError) as exc:
