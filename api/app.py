@@ -12,7 +12,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import account, batches, jobs, logs, openai_compat, openapi, ratelimit, system, ws
+from api import account, batches, drain, jobs, logs, openai_compat, openapi, ratelimit, system, ws
 from api.errors import ApiError, bad_request
 from api.pipelines import on_cancel as revoke_pipeline
 from api.relay import Relay
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = make_redis(settings.redis_url)
     app.extensions["chorus.redis"] = client
     app.extensions["chorus.relay"] = Relay(client)
+    app.extensions["chorus.drain"] = drain.Drain()
     app.extensions["chorus.model_health"] = system.health_reader(client, settings)
     celery_init_app(app)
     # Metered before any view runs; every response gets the X-RateLimit-* headers.

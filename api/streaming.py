@@ -11,6 +11,7 @@ from typing import Any
 import redis
 from flask import Response, current_app, request, stream_with_context
 
+from api import drain as api_drain
 from api.errors import ApiError, unavailable
 from api.relay import ClientGone, Ended, Relay, follow_batches
 from shared import events, readiness
@@ -86,6 +87,11 @@ def sse_response(
     relay, client = _relay(), _redis()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     gone = hang_up_check(request.environ)
+    # A draining process ends the streams a client can resume (see api/drain.py).
+    drain = api_drain.of(app)
+    resumable = frames is chorus_frames
+    if resumable:
+        gone = drain.or_gone(gone)
 
     def generate() -> Iterator[bytes]:
         finished = False
@@ -96,6 +102,8 @@ def sse_response(
         try:
             for batch in follow_batches(relay, client, job_id, after, own=own, gone=gone,
                                         ended=ended):
+                if resumable and drain.draining:
+                    raise ClientGone(job_id)
                 if batch is None:
                     yield events.KEEPALIVE_FRAME
                     continue
@@ -112,9 +120,13 @@ def sse_response(
             notice = events.encode(events.reconnect_event(job_id, sent))
             yield events.retry_frame() + b"".join(frames(None, notice))
         except ClientGone:
-            pass  # not finished: the hook below runs
+            if resumable and drain.draining:
+                # Not the client leaving: it resumes on another process, and the job runs on.
+                finished = True
+                yield api_drain.reconnect_frame(job_id, sent)
         finally:
-            if not finished and cancel_on_disconnect:
+            # A stream cut by a drain (or at its deadline) leaves its job running.
+            if not finished and cancel_on_disconnect and not drain.draining:
                 with app.app_context():
                     on_disconnect(job_id)
 

@@ -26,6 +26,7 @@ from simple_websocket import ConnectionClosed
 from werkzeug.routing import WebsocketMismatch
 from wsproto.utilities import RemoteProtocolError
 
+from api import drain as api_drain
 from api import idempotency
 from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
@@ -83,6 +84,7 @@ class Relayed:
     finished: bool = False
     # The relay broke off (Redis unavailable), not the job: a ``follow`` resumes it.
     interrupted: bool = False
+    last: int = 0  # the sequence number of the last event sent
 
 
 @dataclass
@@ -92,6 +94,7 @@ class SocketSession:
     redis: redis.Redis
     owner: keys.KeyOwner | None = None
     jobs: dict[str, Relayed] = field(default_factory=dict)
+    draining: bool = False
     # wsproto's compressor state and the socket must see one whole message at a time.
     _send_lock: Semaphore = field(default_factory=Semaphore)
 
@@ -234,7 +237,7 @@ class SocketSession:
 
     def _relay(self, client_id: str, job_id: str, after: int, *, cancel_on_close: bool,
                own: bool = False, ended: Ended | None = None) -> Relayed:
-        job = Relayed(job_id, cancel_on_close)
+        job = Relayed(job_id, cancel_on_close, last=after)
         self.jobs[client_id] = job
         job.greenlet = gevent.spawn(self._pump, client_id, job, after, own, ended)
         return job
@@ -256,7 +259,7 @@ class SocketSession:
                         job.finished = job.finished or events.is_final(data)
                         # A final rebuilt from the database has no seq (null).
                         self.send(f'{prefix}{"null" if seq is None else seq},"data":{data}}}')
-                        sent = sent if seq is None else seq
+                        sent = job.last = sent if seq is None else seq
             except redis.RedisError as exc:
                 # The relay broke off, not the job: never a final, and no "done".
                 log.warning("relay of job %s broken off at %d: %r", job.job_id, sent, exc)
@@ -276,18 +279,46 @@ class SocketSession:
             request_cancel(job.job_id)
         self.send({"type": "cancelling", "id": client_id, "job_id": job.job_id})
 
+    def drain(self) -> None:
+        """The process is stopping: tell the client where each running job stands, then
+        close with "service restart"; it follows them on another process."""
+        self.draining = True
+        running = []
+        # Under the send lock: no relay is stopped halfway through writing a message.
+        with self._send_lock:
+            for client_id, job in self.jobs.items():
+                if job.greenlet is not None:
+                    job.greenlet.kill()
+                if not job.finished:
+                    running.append(reconnect_message(client_id, job.job_id, job.last,
+                                                     draining=True))
+        try:
+            for message in running:
+                self.send(message)
+            self.ws.close(reason=api_drain.WS_SERVICE_RESTART, message=api_drain.REASON)
+        except ConnectionClosed:
+            pass
+
     def close(self) -> None:
-        """The client left: stop the relays and cancel what nobody will read."""
+        """The client left: stop the relays and cancel what nobody will read (not when
+        the process drains: the client follows its jobs on another one)."""
         for job in self.jobs.values():
             if job.greenlet is not None:
                 job.greenlet.kill(block=False)
-            if not job.finished and job.cancel_on_close:
+            if not job.finished and job.cancel_on_close and not self.draining:
                 on_disconnect(job.job_id)
 
 
-def reconnect_message(client_id: str, job_id: str, after: int) -> dict[str, Any]:
+def reconnect_message(client_id: str, job_id: str, after: int, *,
+                      draining: bool = False) -> dict[str, Any]:
     """The socket's form of the SSE ``reconnect`` notice: send ``follow`` with this
-    ``after`` (after ``retry_ms``) to resume, on this socket or another."""
+    ``after`` (after ``retry_ms``) to resume, on this socket or another (``draining``:
+    this server is stopping; its socket closes next, with 1012)."""
+    if draining:
+        return {"type": "reconnect", "id": client_id, "job_id": job_id, "after": after,
+                "retry_ms": events.RECONNECT_RETRY_MS, "reason": api_drain.REASON,
+                "message": "this server is stopping, not the job: connect again and send "
+                           "follow with this after to resume"}
     return {"type": "reconnect", "id": client_id, "job_id": job_id, "after": after,
             "retry_ms": events.RECONNECT_RETRY_MS,
             "message": "the event stream was interrupted (the event bus is unavailable), "
@@ -331,6 +362,7 @@ def _bad_handshake(exc: RemoteProtocolError) -> Response:
 def websocket(ws: Any) -> None:
     session = SocketSession(ws, current_app.extensions["chorus.relay"],
                       current_app.extensions["chorus.redis"])
+    unlisten = api_drain.of(current_app).listen(session.drain)
     try:
         session.run()
     except ApiError as err:
@@ -338,4 +370,5 @@ def websocket(ws: Any) -> None:
         session.send(error_message(None, err))
         ws.close(reason=1008, message=err.message[:120])
     finally:
+        unlisten()
         session.close()

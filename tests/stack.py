@@ -3,6 +3,7 @@ the mock provider, a gunicorn+gevent API and Celery gevent workers, all as proce
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import uuid
@@ -74,11 +75,14 @@ class Stack:
         """Start an API process; ``env`` overrides single variables of the stack's env."""
         port = free_port()
         log = self.logs / f"{name}.log"
+        env = {**self.env, **(env or {})}
+        # The API's own gunicorn settings (its drain), with a short drain unless asked.
         proc = start(
-            ["gunicorn", "--worker-class", "gevent", "--workers", str(workers),
-             "--worker-connections", "2000", "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "2", "api.app:create_app()"],
-            {**self.env, **(env or {})}, log,
+            ["gunicorn", "--config", "python:api.gunicorn_conf", "--workers", str(workers),
+             "--bind", f"127.0.0.1:{port}",
+             "--graceful-timeout", str(math.ceil(float(env.get("CHORUS_DRAIN_S", 2)))),
+             "api.app:create_app()"],
+            env, log,
         )
         self.procs[name] = proc
         url = f"http://127.0.0.1:{port}"
