@@ -1,4 +1,5 @@
-"""``chorus up``: every Procfile process in the foreground on one machine's defaults."""
+"""``chorus up``: the Procfile's processes in the foreground on one machine's defaults,
+supervised (``shared/supervise.py``)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,41 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(L)ss'
 
 
-def read_procfile(path: Path) -> dict[str, str]:
-    procs: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and ":" in line:
-            name, cmd = line.split(":", 1)
-            procs[name.strip()] = cmd.strip()
-    return procs
+def commands(env: Mapping[str, str]) -> dict[str, list[str]]:
+    """The Procfile's processes, built here so that an installed package needs no source
+    tree; each runs on this interpreter (``python -m``), so it finds the project."""
+
+    def var(name: str, default: str) -> str:
+        return env.get(name) or default
+
+    py = sys.executable
+    celery = [py, "-m", "celery", "--app", "workers.app"]
+    level = var("CHORUS_LOG_LEVEL", "warning")
+    worker = [*celery, "worker", "--pool", "gevent", "--concurrency",
+              var("CHORUS_WORKER_CONCURRENCY", "200")]
+    quiet = ["--without-gossip", "--without-mingle", "--loglevel", level]
+    return {
+        "web": [py, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
+                "--workers", var("WEB_CONCURRENCY", "2"),
+                "--bind", f"{var('CHORUS_BIND', '127.0.0.1')}:{var('PORT', '8000')}",
+                "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+                "api.app:create_app()"],
+        "worker": [*worker, "--queues", "interactive", *quiet],
+        "batch": [*worker, "--queues", "batch", *quiet, "--hostname", "batch@%h"],
+        "beat": [*celery, "beat", "--loglevel", level,
+                 "--schedule", f"{var('CHORUS_DATA_DIR', 'var')}/celerybeat-schedule"],
+        "mock": [py, "-m", "workers.providers.mock", "--port", var("CHORUS_MOCK_PORT", "8100")],
+    }
 
 
 def redis_answers(url: str) -> bool:
@@ -75,7 +94,7 @@ def dev_key(data_dir: Path) -> str:
     return key
 
 
-def announce(base: str, key: str, stop: threading.Event) -> None:
+def announce(base: str, key: str, stop: threading.Event, write: Callable[[str], None]) -> None:
     deadline = time.monotonic() + 120
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -86,23 +105,20 @@ def announce(base: str, key: str, stop: threading.Event) -> None:
     else:
         return
     body = '{"model":"gpt-5.2","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
-    # One write, opening on a new line: the processes' output goes on from other threads
-    # (each of their lines in two writes, its text and its end), and the two machine-read
-    # lines must each stand whole on a line of their own.
-    sys.stdout.write(
-        "\n\nChorus is up.\n"
+    # One write, between two of the processes' lines: the two machine-read lines must
+    # each stand whole on a line of their own.
+    write(
+        "\nChorus is up.\n"
         f"  curl -N {base}/api/v1/chat -H 'Authorization: Bearer {key}' "
         f"-H 'Content-Type: application/json' -d '{body}'\n\n"
-        f"CHORUS_URL={base}\nCHORUS_KEY={key}\n"
+        f"CHORUS_URL={base}\nCHORUS_KEY={key}\n\n"
     )
-    sys.stdout.flush()
 
 
 def up(port: int | None) -> int:
-    from honcho.manager import Manager
-
     from shared.migrate import upgrade
     from shared.settings import get_settings
+    from shared.supervise import Supervisor, stop_on_signals
 
     env = dict(os.environ)
     if port is not None:
@@ -113,21 +129,19 @@ def up(port: int | None) -> int:
     env.setdefault("CHORUS_REDIS_URL", "redis://127.0.0.1:6379/0")
     env.setdefault("CHORUS_MOCK_PORT", "8100")
     env.setdefault("CHORUS_MOCK_URL", f"http://127.0.0.1:{env['CHORUS_MOCK_PORT']}")
-    # Child processes find the project's console scripts next to this interpreter.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     os.environ.update(env)
     get_settings.cache_clear()
     print(ensure_redis(env["CHORUS_REDIS_URL"], data_dir), flush=True)
     upgrade(env["CHORUS_DATABASE_URL"])
     key = dev_key(data_dir)
     base = f"http://127.0.0.1:{env.get('PORT', '8000')}"
-    manager = Manager()
-    for name, cmd in read_procfile(ROOT / "Procfile").items():
-        manager.add_process(name, cmd, env=env, cwd=str(ROOT))
-    stop = threading.Event()
-    threading.Thread(target=announce, args=(base, key, stop), daemon=True).start()
+    supervisor = Supervisor(commands(env), env=env, cwd=str(data_dir),
+                            drain_s=get_settings().drain_s)
+    stop_on_signals(supervisor)
+    announced = threading.Event()
+    threading.Thread(target=announce, args=(base, key, announced, supervisor.write),
+                     daemon=True).start()
     try:
-        manager.loop()
+        return supervisor.run()
     finally:
-        stop.set()
-    return int(manager.returncode or 0)
+        announced.set()
