@@ -34,6 +34,7 @@ class Reader:
     stack: Stack
     key: str
     body: dict[str, Any]
+    path: str = "/api/v1/chat"
     job_id: str = ""
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     done: bool = False
@@ -42,7 +43,7 @@ class Reader:
     def run(self) -> None:
         headers = {"Authorization": f"Bearer {self.key}"}
         with httpx.Client(base_url=self.stack.url, timeout=60, headers=headers) as api, \
-                api.stream("POST", "/api/v1/chat", json=self.body) as resp:
+                api.stream("POST", self.path, json=self.body) as resp:
             self.job_id = resp.headers["X-Chorus-Job-Id"]
             self.started.set()
             for line in resp.iter_lines():
@@ -55,8 +56,11 @@ class Reader:
         return next((t for t, e in self.events if e.get("event") == kind), None)
 
 
-def start_reader(stack: Stack, key: str, model: str) -> tuple[Reader, threading.Thread]:
-    reader = Reader(stack, key, {"model": model, "messages": MSG, "stream": True})
+def start_reader(stack: Stack, key: str, model: str | None = None,
+                 body: dict[str, Any] | None = None,
+                 path: str = "/api/v1/chat") -> tuple[Reader, threading.Thread]:
+    body = body or {"model": model, "messages": MSG}
+    reader = Reader(stack, key, {**body, "stream": True}, path)
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
     assert reader.started.wait(30)
@@ -159,3 +163,51 @@ def test_a_stopping_worker_finishes_short_jobs_and_hands_back_long_ones(
     print(f"\nworker drain ({DRAIN_S:.0f} s): process exited {exited:.2f} s after SIGTERM; "
           f"retry event {handed_back:.2f} s after it; long job done "
           f"{long.events[-1][0] - sent:.2f} s after it")
+
+
+def test_a_stopping_worker_hands_back_a_compare_call_it_cannot_finish(
+    stack: Stack, mock: httpx.Client, drain_workers: dict[str, str]
+) -> None:
+    mock.post("/_mock/config", json={"model": "gpt-5-mini", "ttft_ms": 20, "token_ms": 300,
+                                     "tokens": 60})
+    mock.post("/_mock/config", json={"model": "claude-haiku-4-5", "ttft_ms": 20,
+                                     "token_ms": 100, "tokens": 30})
+    stack.start_worker("w-drain", env=drain_workers)
+    key = stack.create_key(credits=100)
+    reader, thread = start_reader(
+        stack, key, body={"models": ["gpt-5-mini", "claude-haiku-4.5"], "messages": MSG},
+        path="/api/v1/compare")
+    deadline = time.monotonic() + 20
+    while not any(e.get("model") == "gpt-5-mini" and e.get("event") == "chunk"
+                  for _, e in reader.events):
+        assert time.monotonic() < deadline, "the slow call never started"
+        time.sleep(0.05)
+    stack.start_worker("w-next")
+    draining = stack.procs["w-drain"]
+    sent = time.monotonic()
+    draining.send_signal(signal.SIGTERM)
+    draining.wait(DRAIN_S + 10)
+    exited = time.monotonic() - sent
+    thread.join(40)
+    assert reader.done
+    events = [e for _, e in reader.events]
+    final = events[-1]
+    assert final["final"] and final["status"] == "succeeded", final
+    assert [e for e in events if e.get("final")] == [final]
+    # One retry, for the call handed back; the other call ended on the stopping worker.
+    retries = [(t, e) for t, e in reader.events if e.get("event") == "retry"]
+    assert [e["model"] for _, e in retries] == ["gpt-5-mini"], retries
+    retry_at = retries[0][0]
+    redone = "".join(e.get("delta", "") for t, e in reader.events
+                     if t > retry_at and e.get("event") == "chunk"
+                     and e.get("model") == "gpt-5-mini")
+    slow = next(r for r in final["results"] if r["model"] == "gpt-5-mini")
+    assert redone == slow["full_content"]
+    assert all("error" not in r for r in final["results"])
+    assert DRAIN_S - 0.5 < retry_at - sent < DRAIN_S + 3, retry_at - sent
+    kinds, wallet, charged = charges(stack, key, reader.job_id)
+    assert kinds == ["reserve", "settle"]
+    assert Decimal(str(final["credits_charged"])) == charged
+    assert wallet.reserved == 0
+    print(f"\ncompare call handed back: retry {retry_at - sent:.2f} s after SIGTERM, worker "
+          f"exited after {exited:.2f} s, job done after {reader.events[-1][0] - sent:.2f} s")
