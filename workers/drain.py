@@ -48,6 +48,9 @@ class Drain:
         """Run a task's body as one that may be handed back at the drain deadline:
         ``flush`` writes its pending events before its message goes back to the queue
         (none of them may land after the next worker's ``retry``)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            # Started past the deadline (a retry's countdown ran out): straight back.
+            raise Reject("worker draining", requeue=True)
         me = gevent.getcurrent()
         self._running[me] = name
         self._idle.clear()

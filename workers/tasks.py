@@ -25,7 +25,7 @@ def run_job_task(self: Task, job_id: str) -> None:
     try:
         # Handed back to the queue if still running at a stopping worker's drain deadline.
         with rt.drain.running(f"job {job_id}", rt.publisher.flush):
-            run_job(job_id, rt)
+            run_job(job_id)
     except JobBusy as exc:
         raise self.retry(countdown=REFRESH_S, exc=exc) from exc
     except (SQLAlchemyError, redis.RedisError) as exc:

@@ -1,0 +1,68 @@
+"""A worker's drain on real greenlets: tasks that end within the drain time are left alone,
+the ones still running at the deadline are handed back (flushed, then rejected back onto
+the queue), and a task that starts after the deadline goes straight back."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+from celery.exceptions import Reject
+
+from workers.drain import Drain
+
+
+def task(drain: Drain, name: str, seconds: float, log: list[str]) -> str:
+    try:
+        with drain.running(name, lambda: log.append(f"flushed {name}")):
+            gevent.sleep(seconds)
+            log.append(f"ended {name}")
+            return "ended"
+    except Reject as exc:
+        assert exc.requeue
+        return "rejected"
+
+
+def test_the_deadline_hands_back_what_is_still_running() -> None:
+    drain = Drain(0.3)
+    log: list[str] = []
+    short = gevent.spawn(task, drain, "short", 0.1, log)
+    long = gevent.spawn(task, drain, "long", 30, log)
+    gevent.sleep(0)
+    started = time.monotonic()
+    drain.start()
+    drain.start()  # a second signal changes nothing
+    assert long.get(timeout=5) == "rejected"
+    took = time.monotonic() - started
+    assert short.get() == "ended"
+    assert log == ["ended short", "flushed long"]
+    assert 0.25 < took < 1.0, took
+
+
+def test_nothing_running_means_nothing_to_hand_back() -> None:
+    drain = Drain(0.1)
+    log: list[str] = []
+    drain.start()
+    assert gevent.spawn(task, drain, "late", 0, log).get(timeout=5) == "ended"
+    gevent.sleep(0.2)
+    # Past the deadline a task does not start at all.
+    assert gevent.spawn(task, drain, "later", 0, log).get(timeout=5) == "rejected"
+    assert log == ["ended late"]
+
+
+def test_a_failed_flush_still_hands_the_task_back() -> None:
+    drain = Drain(0.05)
+
+    def broken_flush() -> None:
+        raise ConnectionError("redis went away")
+
+    def body() -> None:
+        with drain.running("job", broken_flush):
+            gevent.sleep(30)
+
+    g = gevent.spawn(body)
+    gevent.sleep(0)
+    drain.start()
+    with pytest.raises(Reject):
+        g.get(timeout=5)
