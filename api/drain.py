@@ -12,10 +12,15 @@ finish within the drain time.
 
 from __future__ import annotations
 
+import _socket
+import contextlib
 import logging
+import socket
+import weakref
 from collections.abc import Callable
 
 import gevent
+import greenlet
 from flask import Flask
 from gevent.event import Event
 
@@ -34,6 +39,10 @@ class Drain:
     def __init__(self) -> None:
         self._started = Event()
         self._listeners: set[Callable[[], None]] = set()
+        # Kept-alive connections waiting for their next request, by the greenlet that
+        # waits: a drain ends them, or each would hold the process for the drain time.
+        self._between: weakref.WeakKeyDictionary[greenlet.greenlet, socket.socket] = \
+            weakref.WeakKeyDictionary()
 
     @property
     def draining(self) -> bool:
@@ -44,9 +53,23 @@ class Drain:
         if self._started.is_set():
             return
         self._started.set()
-        log.warning("draining: %d sockets told to reconnect", len(self._listeners))
+        log.warning("draining: %d sockets told to reconnect, %d idle connections closed",
+                    len(self._listeners), len(self._between))
         for listener in list(self._listeners):
             gevent.spawn(listener)
+        for sock in list(self._between.values()):
+            _end_reading(sock)
+
+    def request_started(self) -> None:
+        """Called in the connection's greenlet as a request begins (gunicorn's
+        ``pre_request``)."""
+        self._between.pop(greenlet.getcurrent(), None)
+
+    def request_ended(self, sock: object) -> None:
+        """Called in the connection's greenlet as a request ends (``post_request``): it
+        may wait for another request next; once draining, gunicorn closes it instead."""
+        if not self.draining and isinstance(sock, socket.socket):
+            self._between[greenlet.getcurrent()] = sock
 
     def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` (in a greenlet of its own) when the drain starts; returns
@@ -62,6 +85,18 @@ class Drain:
         if gone is None:
             return lambda: self.draining
         return lambda: self.draining or gone()
+
+
+def _end_reading(sock: socket.socket) -> None:
+    """Shut the reading side of a connection gunicorn waits on: its read returns an end
+    of stream and gunicorn closes the connection quietly. Done on the descriptor, not the
+    gevent socket, whose own shutdown fails the waiting read with an error instead."""
+    with contextlib.suppress(OSError):
+        raw = _socket.socket(fileno=sock.fileno())
+        try:
+            raw.shutdown(socket.SHUT_RD)
+        finally:
+            raw.detach()
 
 
 def of(app: Flask) -> Drain:

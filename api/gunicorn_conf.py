@@ -2,8 +2,9 @@
 
 Command-line flags still win, so the Procfile and ``deploy/`` give bind and process count.
 On SIGTERM a worker process stops accepting at once, ends its resumable streams with a
-reconnect notice (``api/drain.py``) and gives the requests still in flight up to
-``CHORUS_DRAIN_S`` (gunicorn's graceful timeout) before it exits.
+reconnect notice (``api/drain.py``), closes its idle kept-alive connections and gives the
+requests still in flight up to ``CHORUS_DRAIN_S`` (gunicorn's graceful timeout) before it
+exits. The request hooks cost two dictionary operations a request, no I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import gevent
 
+from api.drain import Drain
 from shared.settings import get_settings
 
 worker_class = "gevent"
@@ -24,10 +26,14 @@ logger_class = "api.logs.GunicornLogger"
 graceful_timeout = math.ceil(get_settings().drain_s)
 
 
+def _drain(worker: Any) -> Drain | None:
+    drain = getattr(worker.wsgi, "extensions", {}).get("chorus.drain")
+    return drain if isinstance(drain, Drain) else None
+
+
 def post_worker_init(worker: Any) -> None:
     """Start the application's drain with gunicorn's own handling of SIGTERM."""
-    extensions = getattr(worker.wsgi, "extensions", {})
-    drain = extensions.get("chorus.drain")
+    drain = _drain(worker)
     if drain is None:
         return
 
@@ -37,3 +43,15 @@ def post_worker_init(worker: Any) -> None:
         drain.start()
 
     gevent.signal_handler(signal.SIGTERM, on_term)
+
+
+def pre_request(worker: Any, _req: Any) -> None:
+    drain = _drain(worker)
+    if drain is not None:
+        drain.request_started()
+
+
+def post_request(worker: Any, _req: Any, environ: dict[str, Any], _resp: Any) -> None:
+    drain = _drain(worker)
+    if drain is not None:
+        drain.request_ended(environ.get("gunicorn.socket"))

@@ -1,7 +1,7 @@
 """An API process stopped with SIGTERM drains: it refuses new connections, tells each open
 stream to reconnect (SSE and WebSocket) without ending it, lets a request waiting for a
-whole answer finish, and exits; the streams resume on another process with every event
-exactly once, and their jobs run on, charged once."""
+whole answer finish, closes idle kept-alive connections and exits; the streams resume on
+another process with every event exactly once, and their jobs run on, charged once."""
 
 from __future__ import annotations
 
@@ -156,6 +156,9 @@ def test_a_stopping_api_process_sends_its_streams_elsewhere(
     # The signal comes once the request is in flight (its model call has started).
     wait_for(lambda: mock.get("/_mock/stats").json()["calls"].get("claude-haiku-4-5", 0) >= 1,
              20, "the whole-answer request never reached the mock")
+    # A kept-alive connection left idle must not hold the process for the drain time.
+    idle = httpx.Client(base_url=draining_url, timeout=5)
+    assert idle.get("/healthz").status_code == 200
     proc = stack.procs["api-drain"]
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -181,6 +184,9 @@ def test_a_stopping_api_process_sends_its_streams_elsewhere(
     assert whole["body"]["status"] == "succeeded"
     proc.wait(DRAIN_S + 5)
     exited = time.monotonic() - sent
+    idle.close()
+    # It left once the whole answer was out (about 3 s), not at the drain time.
+    assert exited < DRAIN_S - 2, exited
 
     # WebSocket: a notice naming each running job and where it stands, then 1012.
     assert close_code == 1012
