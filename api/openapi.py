@@ -142,7 +142,8 @@ OPS: list[Op] = [
                    "a whole number from 0 to 2^63-1), exactly once and in order, ending "
                    "with `data: [DONE]` (at once for an ended job read at or past its last "
                    "event; with its final event from the database once its events "
-                   "expired). When the event bus fails the stream ends with `retry:` and "
+                   "expired). When the event bus fails, or the server is stopping "
+                   "(`reason: \"server draining\"`), the stream ends with `retry:` and "
                    "a non-final `reconnect` event instead, and no `[DONE]`: resume with "
                    "its `last_event_id`.",
        params=(JOB_ID,
@@ -193,8 +194,10 @@ OPS: list[Op] = [
            "`{\"type\":\"follow\",\"id\":…,\"job_id\":…,\"after\":n}` or `{\"type\":\"ping\"}`. "
            "The server sends `accepted {id, job_id}`, `event {id, job_id, seq, data}` per job "
            "event, `done {id, job_id}` after a job's last event, `reconnect {id, job_id, "
-           "after, retry_ms}` when the event bus failed (not the job: `follow` resumes), "
-           "`cancelling`, `pong` and `error {id, status, error}`."),
+           "after, retry_ms}` when the event bus failed (not the job: `follow` resumes) or "
+           "the server is stopping (`reason: \"server draining\"`, then a close with 1012: "
+           "connect again and `follow`), `cancelling`, `pong` and `error {id, status, "
+           "error}`."),
        extra_responses={"101": {"description": "switching to the WebSocket protocol"}}),
     Op("post", "/v1/chat/completions", "OpenAI-compatible chat completion", "openai",
        am.ChatCompletion, ChatCompletionRequest, (400, 401, 402, 413, 429, 502, 503), "chunks",
