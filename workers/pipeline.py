@@ -316,11 +316,10 @@ def revoke_canvas(app: Celery, client: redis.Redis, job_id: str) -> int:
 @celery.task(name="chorus.model_call", ignore_result=True, bind=True, max_retries=None)
 def model_call_task(self: Task, job_id: str, step: dict[str, Any]) -> Record:
     rt = get_runtime()
-    parsed = Step.from_json(step)
     try:
         # Handed back to the queue if still running at a stopping worker's drain deadline.
-        with rt.drain.running(f"call {parsed.key} of job {job_id}",
-                              lambda: _handing_back(rt, job_id, parsed)):
+        with rt.drain.running(f"call {step.get('key')} of job {job_id}",
+                              lambda: _handing_back(rt, job_id, Step.from_json(step))):
             return run_step(job_id, step, rt)
     except JobBusy as exc:
         raise self.retry(countdown=REFRESH_S, exc=exc) from exc
