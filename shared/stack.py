@@ -19,6 +19,17 @@ import redis
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(L)ss'
 
 
+def read_procfile(path: Path) -> dict[str, str]:
+    """A Procfile's commands by process name, as the shell would get them."""
+    procs: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and ":" in line:
+            name, cmd = line.split(":", 1)
+            procs[name.strip()] = cmd.strip()
+    return procs
+
+
 def commands(env: Mapping[str, str]) -> dict[str, list[str]]:
     """The Procfile's processes, built here so that an installed package needs no source
     tree; each runs on this interpreter (``python -m``), so it finds the project."""

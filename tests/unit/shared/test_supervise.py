@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.stack import commands
+from shared.stack import commands, read_procfile
 from shared.supervise import Supervisor
 
 PY = sys.executable
@@ -108,11 +108,8 @@ def test_the_procfile_runs_the_same_commands() -> None:
         return argv[2:] if argv[1:2] == ["-m"] else argv
 
     built = {name: module_form(argv) for name, argv in commands({}).items()}
-    listed = {}
-    for line in (Path(__file__).resolve().parents[3] / "Procfile").read_text().splitlines():
-        if ":" in line and not line.startswith("#"):
-            name, cmd = line.split(":", 1)
-            # The shell's ${VAR:-default}, with nothing set.
-            expanded = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", cmd)
-            listed[name.strip()] = module_form(shlex.split(expanded))
+    procfile = read_procfile(Path(__file__).resolve().parents[3] / "Procfile")
+    # The shell's ${VAR:-default}, with nothing set.
+    listed = {name: module_form(shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", cmd)))
+              for name, cmd in procfile.items()}
     assert listed == built
