@@ -31,15 +31,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.credits import q as _q
 from shared.tables import CREDITS, Account, ApiKey, Budget, BudgetHold, ProviderKey
 
 KEY = "key"
 SESSION = "session"
-QUANTUM = Decimal("0.000001")
-
-
-def _q(value: Decimal | int | str) -> Decimal:
-    return Decimal(str(value)).quantize(QUANTUM)
 
 
 class BudgetExceeded(Exception):

@@ -34,14 +34,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import budgets
+
+# Re-exported: callers quantize credits through the ledger.
+from shared.credits import QUANTUM as QUANTUM
+from shared.credits import q as q
 from shared.tables import CREDITS, Account, BudgetHold, LedgerEntry, as_utc
 
 ZERO = Decimal(0)
-QUANTUM = Decimal("0.000001")
-
-
-def q(value: Decimal | int | float | str) -> Decimal:
-    return Decimal(str(value)).quantize(QUANTUM)
 
 
 class InsufficientCredits(Exception):

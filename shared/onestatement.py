@@ -4,10 +4,14 @@ Every job of an account holds and settles credits on the same ``accounts`` row. 
 transaction of several statements that row stays locked from the ``UPDATE`` until the
 process has received the reply and sent ``COMMIT``; under load that wait is the event
 loop's, and every other request of the account queues behind it. As one statement the
-row is locked only while the server runs it. The writes are the ones ``shared.ledger``
-and ``shared.budgets`` make step by step (the path SQLite keeps), with the same rules:
-the hold is conditional on the balance, a job settles once (the job's status guards it,
-the ledger's unique ``(job_id, kind)`` too), the charge is capped at the hold.
+row is locked only while the server runs it. The rules are those of ``shared.ledger``
+and ``shared.budgets``: the hold is conditional on the balance, a job settles once (the
+job's status guards it, the ledger's unique ``(job_id, kind)`` too), the charge is
+capped at the hold.
+
+The close is written once (``shared.steps``) and SQLite runs the same steps in a
+transaction. The open is PostgreSQL's alone: SQLite holds through ``shared.ledger``.
+Credits here are the columns' micro-credits (``shared.credits``), not ``Decimal``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, DateTime, bindparam, text
 
-from shared import dbapi
-from shared.ledger import q
+from shared import dbapi, steps
+from shared.credits import credits, micros
 
 # ``plain``: the key has no cap and the account brings no provider key of its own, so
 # the hold computed without looking is the hold (the common case: one round trip in all).
@@ -49,46 +53,65 @@ SELECT (SELECT count(*) FROM plain), (SELECT count(*) FROM held)
 
 # The charge is the price capped at the job's hold (0 if it never held anything); it is
 # computed once, in ``ended``, and the settle row, the wallet and the budgets follow it.
-_CLOSE = text("""
-WITH reserve AS (
+# PostgreSQL runs this as one statement; SQLite runs the same steps in a transaction.
+_CLOSE = steps.Write(
+    steps=(
+        steps.Step("reserve", """
     SELECT account_id, hold FROM ledger WHERE job_id = :job_id AND kind = 'reserve'
-), ended AS (
+""", ("account_id", "hold")),
+        steps.Step("ended", """
     UPDATE jobs SET status = :status, result = :result, error = :error,
         resolved_model = :resolved_model, finished_at = :now,
-        credits_charged = COALESCE((SELECT LEAST(hold, :price) FROM reserve), 0)
+        credits_charged = COALESCE((SELECT CASE WHEN r.hold < :price THEN r.hold
+                                                ELSE :price END FROM {reserve} r), 0)
     WHERE id = :job_id AND status NOT IN ('succeeded', 'failed', 'cancelled')
     RETURNING account_id, credits_charged
-), logged AS (
+""", ("account_id", "credits_charged")),
+        steps.Step("logged", """
     INSERT INTO request_log (job_id, account_id, model, provider, role, prompt_tokens,
         completion_tokens, ttft_ms, latency_ms, status, cost, error, created_at)
     SELECT :job_id, e.account_id, c.model, c.provider, c.role, c.prompt_tokens,
         c.completion_tokens, c.ttft_ms, c.latency_ms, c.status, c.cost, c.error, :now
-    FROM ended e, json_to_recordset(CAST(:calls AS json)) AS c(model text, provider text,
-        role text, prompt_tokens int, completion_tokens int, ttft_ms numeric,
-        latency_ms numeric, status text, cost numeric, error text)
-), settled AS (
+    FROM {ended} e, {calls}
+"""),
+        steps.Step("settled", """
     INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
     SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
-    FROM reserve r, ended e
+    FROM {reserve} r, {ended} e WHERE true
     ON CONFLICT DO NOTHING
     RETURNING account_id, amount, hold
-), paid AS (
-    UPDATE accounts a SET balance = a.balance + s.amount, reserved = a.reserved + s.hold
-    FROM settled s WHERE a.id = s.account_id
-), holds AS (
-    UPDATE budget_holds h SET charged = -s.amount
-    FROM settled s WHERE h.job_id = :job_id AND h.charged IS NULL
-    RETURNING h.budget_id, h.amount, h.charged
-), spent AS (
-    UPDATE budgets b SET reserved = b.reserved - h.amount, spent = b.spent + h.charged
-    FROM holds h WHERE b.id = h.budget_id
+""", ("account_id", "amount", "hold")),
+        steps.Step("paid", """
+    UPDATE accounts SET balance = accounts.balance + s.amount,
+        reserved = accounts.reserved + s.hold
+    FROM {settled} s WHERE accounts.id = s.account_id
+"""),
+        steps.Step("holds", """
+    UPDATE budget_holds SET charged = -s.amount
+    FROM {settled} s WHERE budget_holds.job_id = :job_id AND budget_holds.charged IS NULL
+    RETURNING budget_holds.budget_id, budget_holds.amount, budget_holds.charged
+""", ("budget_id", "amount", "charged")),
+        steps.Step("spent", """
+    UPDATE budgets SET reserved = budgets.reserved - h.amount,
+        spent = budgets.spent + h.charged
+    FROM {holds} h WHERE budgets.id = h.budget_id
+"""),
+    ),
+    answer="SELECT credits_charged FROM {ended}",
+    sources={"calls": {
+        "postgresql": """json_to_recordset(CAST(:calls AS json)) AS c(model text,
+        provider text, role text, prompt_tokens int, completion_tokens int, ttft_ms numeric,
+        latency_ms numeric, status text, cost bigint, error text)""",
+        "sqlite": "(SELECT " + ", ".join(f"json_extract(value, '$.{c}') AS {c}" for c in (
+            "model", "provider", "role", "prompt_tokens", "completion_tokens", "ttft_ms",
+            "latency_ms", "status", "cost", "error")) + " FROM json_each(:calls)) AS c",
+    }},
+    binds=(bindparam("now", type_=DateTime(timezone=True)),),
 )
-SELECT credits_charged FROM ended
-""")
 
 
 _OPEN_SQL = dbapi.compiled(_OPEN)
-_CLOSE_SQL = dbapi.compiled(_CLOSE)
+_CLOSE_SQL = dbapi.compiled(_CLOSE.postgres())
 
 
 @dataclass(frozen=True)
@@ -115,7 +138,7 @@ def open_job(
     has a cap or the account provider keys (the hold then needs their terms)."""
     row = dbapi.fetch_one(conn, _OPEN_SQL, {
         "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
-        "request": _json_or_null(request), "session_id": session_id, "hold": q(hold),
+        "request": _json_or_null(request), "session_id": session_id, "hold": micros(hold),
         "byok": _json_or_null(byok), "now": datetime.now(UTC), "guarded": guarded,
     })
     assert row is not None  # a bare SELECT: always one row
@@ -135,15 +158,23 @@ def close_job(
     price: Decimal,
 ) -> Decimal | None:
     """End the job, log its calls and settle its credits and budgets; the amount charged,
-    or None (and nothing written) when the job had already ended."""
-    row = dbapi.fetch_one(conn, _CLOSE_SQL, {
+    or None (and nothing written) when the job had already ended.
+
+    PostgreSQL: one statement, on an autocommit ``conn``. SQLite: the same steps, in
+    ``conn``'s transaction (the caller commits)."""
+    params = {
         "job_id": job_id, "status": status,
         # As the JSON columns store None: JSON null, not SQL NULL.
         "result": json.dumps(result), "error": json.dumps(error),
-        "resolved_model": resolved_model, "calls": json.dumps(calls, default=str),
-        "price": max(Decimal(0), q(price)), "now": datetime.now(UTC),
-    })
-    return None if row is None or row[0] is None else Decimal(row[0])
+        "resolved_model": resolved_model,
+        "calls": json.dumps([{**c, "cost": micros(c["cost"])} for c in calls], default=str),
+        "price": micros(max(Decimal(0), price)), "now": datetime.now(UTC),
+    }
+    if conn.dialect.name == "postgresql":
+        row = dbapi.fetch_one(conn, _CLOSE_SQL, params)
+    else:
+        row = _CLOSE.run_in_steps(conn, params)
+    return None if row is None or row[0] is None else credits(row[0])
 
 
 def _json_or_null(value: Any) -> str | None:
