@@ -10,7 +10,7 @@ to 9.2e12 credits fit; ``NUMERIC(18, 6)`` held 1e12.
 
 ``Credits`` presents the column as ``Decimal`` to Python, so ORM and Core callers read
 and write credits as before; only raw SQL (``shared.onestatement``) sees micro-credits
-and converts its parameters with ``micros`` and its results with ``credits``. A
+and converts its parameters with ``micros`` and its results with ``from_micros``. A
 selected sum of two columns (``balance - reserved``) is typed ``BIGINT`` by SQLAlchemy:
 read it through ``type_coerce(expr, CREDITS)``, or read the columns.
 """
@@ -38,7 +38,7 @@ def micros(value: Decimal | int | float | str) -> int:
     return int(q(value).scaleb(6))
 
 
-def credits(value: int) -> Decimal:
+def from_micros(value: int) -> Decimal:
     """A stored integer as credits."""
     return Decimal(int(value)).scaleb(-6).quantize(QUANTUM)
 
@@ -53,7 +53,7 @@ class Credits(TypeDecorator[Decimal]):
         return None if value is None else micros(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        return None if value is None else credits(value)
+        return None if value is None else from_micros(value)
 
     def coerce_compared_value(self, op: Any, value: Any) -> Credits:
         # ``balance + Decimal("1.5")``: the plain value is credits too, bound as micros.

@@ -22,48 +22,41 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, bindparam, text
+from sqlalchemy import Connection
 
-from shared import dbapi, steps
-from shared.credits import credits, micros
+from shared import dbapi, ledger, steps
+from shared.credits import from_micros, micros
 
 # ``plain``: the key has no cap and the account brings no provider key of its own, so
 # the hold computed without looking is the hold (the common case: one round trip in all).
-_OPEN = text("""
-WITH plain AS (
-    SELECT 1 FROM api_keys k
+_OPEN = steps.Write(
+    steps=(
+        steps.Step("plain", """
+    SELECT 1 AS one FROM api_keys k
     WHERE k.id = :key_id AND k.budget IS NULL
       AND NOT EXISTS (SELECT 1 FROM provider_keys p WHERE p.account_id = :account_id)
-), held AS (
-    UPDATE accounts SET reserved = reserved + :hold
-    WHERE id = :account_id AND balance - reserved >= :hold
-      AND (NOT :guarded OR EXISTS (SELECT 1 FROM plain))
-    RETURNING id
-), entry AS (
-    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
-    SELECT id, :job_id, 'reserve', 0, :hold, '', :now FROM held
-), job AS (
+""", ("one",)),
+        *ledger.holding(" AND (NOT :guarded OR EXISTS (SELECT 1 FROM {plain}))"),
+        steps.Step("job", """
     INSERT INTO jobs (id, account_id, key_id, kind, status, request, session_id,
                       credits_reserved, byok, created_at)
     SELECT :job_id, id, :key_id, :kind, 'queued', :request, :session_id, :hold, :byok, :now
-    FROM held
+    FROM {held}
+"""),
+    ),
+    answer="SELECT (SELECT count(*) FROM {plain}), (SELECT count(*) FROM {held})",
 )
-SELECT (SELECT count(*) FROM plain), (SELECT count(*) FROM held)
-""")
 
 # The charge is the price capped at the job's hold (0 if it never held anything); it is
-# computed once, in ``ended``, and the settle row, the wallet and the budgets follow it.
-# PostgreSQL runs this as one statement; SQLite runs the same steps in a transaction.
+# computed once, in ``ended``, and the settle row, the wallet and the budgets follow it
+# (``ledger.settling``, the steps of every settlement).
 _CLOSE = steps.Write(
     steps=(
-        steps.Step("reserve", """
-    SELECT account_id, hold FROM ledger WHERE job_id = :job_id AND kind = 'reserve'
-""", ("account_id", "hold")),
-        steps.Step("ended", """
+        ledger.RESERVED,
+        steps.Step("ended", f"""
     UPDATE jobs SET status = :status, result = :result, error = :error,
         resolved_model = :resolved_model, finished_at = :now,
-        credits_charged = COALESCE((SELECT CASE WHEN r.hold < :price THEN r.hold
-                                                ELSE :price END FROM {reserve} r), 0)
+        credits_charged = COALESCE((SELECT {ledger.CAPPED} FROM {{reserve}} r), 0)
     WHERE id = :job_id AND status NOT IN ('succeeded', 'failed', 'cancelled')
     RETURNING account_id, credits_charged
 """, ("account_id", "credits_charged")),
@@ -74,28 +67,7 @@ _CLOSE = steps.Write(
         c.completion_tokens, c.ttft_ms, c.latency_ms, c.status, c.cost, c.error, :now
     FROM {ended} e, {calls}
 """),
-        steps.Step("settled", """
-    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
-    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
-    FROM {reserve} r, {ended} e WHERE true
-    ON CONFLICT DO NOTHING
-    RETURNING account_id, amount, hold
-""", ("account_id", "amount", "hold")),
-        steps.Step("paid", """
-    UPDATE accounts SET balance = accounts.balance + s.amount,
-        reserved = accounts.reserved + s.hold
-    FROM {settled} s WHERE accounts.id = s.account_id
-"""),
-        steps.Step("holds", """
-    UPDATE budget_holds SET charged = -s.amount
-    FROM {settled} s WHERE budget_holds.job_id = :job_id AND budget_holds.charged IS NULL
-    RETURNING budget_holds.budget_id, budget_holds.amount, budget_holds.charged
-""", ("budget_id", "amount", "charged")),
-        steps.Step("spent", """
-    UPDATE budgets SET reserved = budgets.reserved - h.amount,
-        spent = budgets.spent + h.charged
-    FROM {holds} h WHERE budgets.id = h.budget_id
-"""),
+        *ledger.settling("ended"),
     ),
     answer="SELECT credits_charged FROM {ended}",
     sources={"calls": {
@@ -106,11 +78,11 @@ _CLOSE = steps.Write(
             "model", "provider", "role", "prompt_tokens", "completion_tokens", "ttft_ms",
             "latency_ms", "status", "cost", "error")) + " FROM json_each(:calls)) AS c",
     }},
-    binds=(bindparam("now", type_=DateTime(timezone=True)),),
+    binds=(ledger.NOW,),
 )
 
 
-_OPEN_SQL = dbapi.compiled(_OPEN)
+_OPEN_SQL = dbapi.compiled(_OPEN.postgres())
 _CLOSE_SQL = dbapi.compiled(_CLOSE.postgres())
 
 
@@ -174,7 +146,7 @@ def close_job(
         row = dbapi.fetch_one(conn, _CLOSE_SQL, params)
     else:
         row = _CLOSE.run_in_steps(conn, params)
-    return None if row is None or row[0] is None else credits(row[0])
+    return None if row is None or row[0] is None else from_micros(row[0])
 
 
 def _json_or_null(value: Any) -> str | None:

@@ -44,12 +44,24 @@ class Write:
     sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # Typed parameters, for SQLite (PostgreSQL's one statement takes adapted values).
     binds: tuple[BindParameter[Any], ...] = ()
+    _one_statement: TextClause = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built once: writes are module constants, run on every request's path.
+        object.__setattr__(self, "_one_statement", self._text(self.postgres().text))
 
     def postgres(self) -> TextClause:
         """The write as one PostgreSQL statement."""
         names = self._names("postgresql")
-        ctes = ",\n".join(f"{s.name} AS (\n{s.sql.format(**names)}\n)" for s in self.steps)
+        ctes = ",\n".join(f"{s.name} AS ({s.sql.format(**names).strip()})" for s in self.steps)
         return text(f"WITH {ctes}\n{self.answer.format(**names)}")
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run the write on ``conn``, in its transaction; the answer's row, if any."""
+        if conn.dialect.name != "postgresql":
+            return self.run_in_steps(conn, params)
+        row = conn.execute(self._one_statement, params).first()
+        return None if row is None else tuple(row)
 
     def run_in_steps(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run the write step by step on ``conn`` (in its transaction); the answer's row."""

@@ -15,10 +15,11 @@ import gevent
 from sqlalchemy import Table, bindparam, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import byok, dbapi, events, onestatement
+from shared import byok, dbapi, events
 from shared.db import autocommit, is_postgres, session_scope
 from shared.pricing import BASE_CREDITS
 from shared.tables import Job
+from workers import ending
 from workers.calls import CallResult, JobContext
 from workers.lease import JobBusy, Lease
 from workers.runtime import Runtime, get_runtime
@@ -26,10 +27,6 @@ from workers.runtime import Runtime, get_runtime
 log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "failed", "cancelled")
-# Pauses between attempts at writing a job's end (about 16 s in all), then at writing
-# its failure instead: a database that cannot take it meanwhile is down, not busy.
-WRITE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-GIVE_UP_BACKOFF_S = (0.5, 2.0)
 UNRECORDED = {"code": "unavailable", "message": "the job's result could not be recorded; "
               "nothing was charged", "http_status": 503}
 GAVE_UP = {"code": "unavailable", "message": "a dependency of Chorus failed; nothing was "
@@ -232,15 +229,16 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime, lease: Lease | None = N
         stored = {k: v for k, v in outcome.result.items() if k not in CONTENT_FIELDS}
     calls = [_log_row(c) for c in outcome.calls]
     try:
-        charged, retried = _written(spec.id, WRITE_BACKOFF_S, functools.partial(
-            close, spec.id, outcome.status, stored, outcome.error, outcome.resolved_model,
-            calls, cost))
+        charged, retried = ending.written(spec.id, ending.WRITE_BACKOFF_S, functools.partial(
+            ending.close, spec.id, outcome.status, stored, outcome.error,
+            outcome.resolved_model, calls, cost))
     except SQLAlchemyError as exc:
         log.error("could not record the end of job %s (%s); failing it", spec.id, exc)
         outcome = Outcome("failed", error=UNRECORDED)
         try:
-            charged, retried = _written(spec.id, GIVE_UP_BACKOFF_S, functools.partial(
-                close, spec.id, "failed", {}, UNRECORDED, None, [], Decimal(0)))
+            charged, retried = ending.written(
+                spec.id, ending.GIVE_UP_BACKOFF_S, functools.partial(
+                    ending.close, spec.id, "failed", {}, UNRECORDED, None, [], Decimal(0)))
         except SQLAlchemyError:
             log.exception("job %s stays running for the reconciler", spec.id)
             return
@@ -259,23 +257,6 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime, lease: Lease | None = N
         drop,
     )
     rt.publisher.flush()
-
-
-def _written(
-    job_id: str, backoff: tuple[float, ...], write: Callable[[], Decimal | None],
-) -> tuple[Decimal | None, bool]:
-    """``write()``, tried again after each pause of ``backoff`` while the database fails;
-    its answer and whether an attempt failed first. Raises the last failure."""
-    for attempt, pause in enumerate((*backoff, None)):
-        try:
-            return write(), attempt > 0
-        except SQLAlchemyError as exc:
-            if pause is None:
-                raise
-            log.warning("writing the end of job %s failed (%s); again in %ss", job_id,
-                        str(exc).splitlines()[0][:200], pause)
-            gevent.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def _announce_recorded(job_id: str, rt: Runtime) -> None:
@@ -301,30 +282,6 @@ def _log_row(c: CallResult) -> dict[str, Any]:
     }
 
 
-def close(
-    job_id: str, status: str, stored: dict[str, Any], error: dict[str, Any] | None,
-    resolved_model: str | None, calls: list[dict[str, Any]], cost: Decimal,
-) -> Decimal | None:
-    """End the job, log its calls, settle; the charge, or None if it had already ended.
-
-    One write on either database (``onestatement.close_job``): one statement in
-    autocommit on PostgreSQL, its steps in one transaction on SQLite."""
-    kwargs: dict[str, Any] = {
-        "job_id": job_id, "status": status, "result": stored, "error": error,
-        "resolved_model": resolved_model, "calls": calls, "price": cost,
-    }
-    if is_postgres():
-        with autocommit() as conn:
-            return onestatement.close_job(conn, **kwargs)
-    return _finish_in_a_transaction(kwargs)
-
-
-def _finish_in_a_transaction(kwargs: dict[str, Any]) -> Decimal | None:
-    """SQLite: the steps of ``onestatement.close_job``, committed together."""
-    with session_scope() as session:
-        return onestatement.close_job(session.connection(), **kwargs)
-
-
 def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:
     """The job cannot be run (its dependencies kept failing): end it as failed, release
     its hold, and tell its clients, as far as whatever is still up allows.
@@ -335,7 +292,7 @@ def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:
     rt = rt or get_runtime()
     log.error("giving up on job %s: %s", job_id, exc)
     try:
-        charged = close(job_id, "failed", {}, GAVE_UP, None, [], Decimal(0))
+        charged = ending.close(job_id, "failed", {}, GAVE_UP, None, [], Decimal(0))
     except Exception:
         # Announced only once recorded: a stream is never told that a running job ended.
         log.exception("could not record the failure of job %s; the reconciler will",
