@@ -22,9 +22,10 @@ from shared import keys, ledger
 from shared.db import get_engine, session_scope
 from shared.migrate import upgrade
 from shared.tables import Job, LedgerEntry, RequestLog
+from tests.child import run_json
 from tests.sse import stream_post
 from tests.stack import Stack, claim_redis_db, release_redis_db
-from workers.ending import WRITE_BACKOFF_S
+from workers.ending import GIVE_UP_BACKOFF_S, WRITE_BACKOFF_S
 
 MODEL = "gpt-5-mini"
 
@@ -221,3 +222,44 @@ def test_an_end_that_is_never_taken_fails_the_job_and_releases_its_hold(
     with session_scope(stack.database_url) as s:
         job = s.execute(select(Job).where(Job.account_id == acct)).scalar_one()
     assert job.status == "failed" and job.error is not None
+
+
+GIVE_UP = """
+import json, sys
+from workers.jobs import give_up
+give_up(sys.argv[1], RuntimeError("found running by the reconciler"))
+print(json.dumps({"ok": True}))
+"""
+
+
+def test_an_end_the_database_refuses_in_every_form_is_left_to_the_reconciler(
+    stack: Stack, mock: httpx.Client, refusing: None
+) -> None:
+    """Not even the job's failure can be written: the job stays running, unannounced, and
+    no provider is called again; ``give_up`` (the reconciler's call) ends it later."""
+    psql(stack, "DROP TRIGGER refuse_end ON jobs; CREATE TRIGGER refuse_end BEFORE UPDATE "
+                "ON jobs FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status <> "
+                "'running') EXECUTE FUNCTION refuse_end()")
+    mock.post("/_mock/config", json={"model": MODEL, "ttft_ms": 0, "token_ms": 0,
+                                     "tokens": 9}).raise_for_status()
+    granted = Decimal(50)
+    key = stack.create_key(credits=granted)
+    acct = account_of(stack.database_url, key)
+    thread, out = start_chat(stack, key)
+    attempts = len(WRITE_BACKOFF_S) + 1 + len(GIVE_UP_BACKOFF_S) + 1
+    wait_for("every attempt refused", lambda: refused(stack) >= attempts,
+             timeout=sum(WRITE_BACKOFF_S) + sum(GIVE_UP_BACKOFF_S) + 60)
+    with session_scope(stack.database_url) as s:
+        job = s.execute(select(Job).where(Job.account_id == acct)).scalar_one()
+        assert job.status == "running"
+    assert thread.is_alive()  # never told ``final`` while the job runs
+    psql(stack, ALLOW)
+    run_json(GIVE_UP, job.id, CHORUS_DATABASE_URL=stack.database_url,
+             CHORUS_REDIS_URL=stack.redis_url)
+    thread.join(timeout=30)
+    assert out, "the stream never ended"
+    final = out[0].final
+    assert final["status"] == "failed" and final["credits_charged"] == 0
+    assert provider_calls(mock) == 1
+    assert refused(stack) == attempts
+    assert assert_exact(stack.database_url, acct, granted) == 0

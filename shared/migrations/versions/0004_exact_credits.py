@@ -50,6 +50,12 @@ def _sqlite() -> bool:
     return op.get_bind().dialect.name == "sqlite"
 
 
+def _retype(table: str, changes: list[str]) -> None:
+    """PostgreSQL: a table's columns in one ALTER, so that its checks (``balance >=
+    reserved``) see every column at the new scale, never one scaled and one not."""
+    op.execute(f"ALTER TABLE {table} " + ", ".join(f"ALTER COLUMN {c}" for c in changes))
+
+
 def upgrade() -> None:
     for table, columns in _tables().items():
         if _sqlite():
@@ -62,10 +68,8 @@ def upgrade() -> None:
                     batch_op.alter_column(column, existing_type=OLD, type_=NEW,
                                           existing_nullable=nullable)
             continue
-        for column, nullable in columns:
-            op.alter_column(table, column, existing_type=OLD, type_=NEW,
-                            existing_nullable=nullable,
-                            postgresql_using=f"round({column} * 1000000)::bigint")
+        _retype(table, [f"{c} TYPE BIGINT USING round({c} * 1000000)::bigint"
+                         for c, _ in columns])
 
 
 def downgrade() -> None:
@@ -78,7 +82,5 @@ def downgrade() -> None:
             sets = ", ".join(f"{c} = {c} / 1000000.0" for c, _ in columns)
             op.execute(f"UPDATE {table} SET {sets}")
             continue
-        for column, nullable in columns:
-            op.alter_column(table, column, existing_type=NEW, type_=OLD,
-                            existing_nullable=nullable,
-                            postgresql_using=f"{column}::numeric / 1000000")
+        _retype(table, [f"{c} TYPE NUMERIC(18, 6) USING {c}::numeric / 1000000"
+                         for c, _ in columns])
