@@ -263,3 +263,34 @@ def test_an_end_the_database_refuses_in_every_form_is_left_to_the_reconciler(
     assert provider_calls(mock) == 1
     assert refused(stack) == attempts
     assert assert_exact(stack.database_url, acct, granted) == 0
+
+
+def test_on_sqlite_an_end_refused_for_a_while_is_written_later_with_one_provider_call(
+    sqlite_stack: Stack, mock: httpx.Client
+) -> None:
+    mock.post("/_mock/config", json={"model": MODEL, "ttft_ms": 0, "token_ms": 0,
+                                     "tokens": 9}).raise_for_status()
+    granted = Decimal(50)
+    key = sqlite_stack.create_key(credits=granted)
+    acct = account_of(sqlite_stack.database_url, key)
+    log = sqlite_stack.logs / "worker.log"
+    seen = log.read_text().count("writing the end of job")
+    engine = get_engine(sqlite_stack.database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_end BEFORE UPDATE ON jobs WHEN NEW.status = 'succeeded' "
+            "AND OLD.status = 'running' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    try:
+        thread, out = start_chat(sqlite_stack, key)
+        wait_for("two refused writes",
+                 lambda: log.read_text().count("writing the end of job") >= seen + 2)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS refuse_end")
+    thread.join(timeout=60)
+    assert out, "the stream never ended"
+    final = out[0].final
+    assert final["status"] == "succeeded" and final["credits_charged"] > 0
+    assert provider_calls(mock) == 1
+    assert assert_exact(sqlite_stack.database_url, acct, granted) == Decimal(
+        str(final["credits_charged"]))
