@@ -3,7 +3,8 @@
 A budget row counts what its subject has spent and holds. Reserving against it is one
 conditional UPDATE (``spent + reserved + x <= cap``), in the same transaction as the
 wallet hold, so concurrent requests cannot overrun a cap any more than the wallet. The
-job's holds are recorded in ``budget_holds`` and settled by ``ledger.close``.
+job's holds are recorded in ``budget_holds`` and settled with the wallet, by the steps
+of ``ledger.settling``.
 
 Caps: a key's is ``api_keys.budget`` (set by the operator); a session's is its own
 ``limit_credits`` or else the account's ``session_budget``. Spending is counted from the
@@ -31,15 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.credits import q as _q
 from shared.tables import CREDITS, Account, ApiKey, Budget, BudgetHold, ProviderKey
 
 KEY = "key"
 SESSION = "session"
-QUANTUM = Decimal("0.000001")
-
-
-def _q(value: Decimal | int | str) -> Decimal:
-    return Decimal(str(value)).quantize(QUANTUM)
 
 
 class BudgetExceeded(Exception):
@@ -102,18 +99,6 @@ _TAKE = (
 _TAKEN = insert(_H).values(job_id=bindparam("b_job_id"), budget_id=bindparam("b_budget_id"),
                            amount=_AMOUNT, refunded=0)
 _STATE = select(_B.c.limit_credits, _B.c.spent, _B.c.reserved).where(_MINE)
-_CHARGE = bindparam("b_charge", type_=CREDITS)
-_SETTLE_HOLDS = (
-    update(_H)
-    .where(_H.c.job_id == bindparam("b_job_id"), _H.c.charged.is_(None))
-    .values(charged=_CHARGE)
-    .returning(_H.c.budget_id, _H.c.amount)
-)
-_SPEND = (
-    update(_B)
-    .where(_B.c.id == bindparam("b_budget_id"))
-    .values(reserved=_B.c.reserved - _AMOUNT, spent=_B.c.spent + _CHARGE)
-)
 
 
 def _hold(
@@ -196,14 +181,6 @@ def reserve(
         _hold(session, account_id, KEY, str(key_id), job_id, amount, terms.key_budget)
     if session_id is not None:
         _hold(session, account_id, SESSION, session_id, job_id, amount, terms.session_budget)
-
-
-def settle(session: Session, job_id: str, charge: Decimal) -> None:
-    """Turn the job's holds into spending; called once per job, by ``ledger.close``."""
-    conn = session.connection()
-    holds = conn.execute(_SETTLE_HOLDS, {"b_job_id": job_id, "b_charge": charge}).all()
-    for budget_id, amount in holds:
-        conn.execute(_SPEND, {"b_budget_id": budget_id, "b_amount": amount, "b_charge": charge})
 
 
 def refund(session: Session, job_id: str, amount: Decimal) -> None:

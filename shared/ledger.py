@@ -16,32 +16,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     Insert,
-    Table,
     bindparam,
-    case,
     func,
-    insert,
-    literal,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import budgets
-from shared.tables import CREDITS, Account, BudgetHold, LedgerEntry, as_utc
+from shared import budgets, steps
+
+# Re-exported: callers quantize credits through the ledger.
+from shared.credits import QUANTUM as QUANTUM
+from shared.credits import from_micros, micros
+from shared.credits import q as q
+from shared.tables import Account, LedgerEntry, as_utc
 
 ZERO = Decimal(0)
-QUANTUM = Decimal("0.000001")
-
-
-def q(value: Decimal | int | float | str) -> Decimal:
-    return Decimal(str(value)).quantize(QUANTUM)
 
 
 class InsufficientCredits(Exception):
@@ -76,51 +73,70 @@ def insert_ignore(session: Session, table: Any) -> Insert:
     return stmt
 
 
-# The hot path's statements are built once, with bind parameters, and run on the
-# session's connection: per request that saves the ORM's statement building, which costs
-# more than the database round trips themselves.
-_A, _L = cast(Table, Account.__table__), cast(Table, LedgerEntry.__table__)
-_HOLD = (
-    update(_A)
-    .where(_A.c.id == bindparam("account_id"),
-           _A.c.balance - _A.c.reserved >= bindparam("hold", type_=CREDITS))
-    .values(reserved=_A.c.reserved + bindparam("hold", type_=CREDITS))
-)
-_HOLD_ROW = insert(_L).values(
-    account_id=bindparam("account_id"), job_id=bindparam("job_id"), kind="reserve",
-    amount=ZERO, hold=bindparam("hold", type_=CREDITS), note="",
-    created_at=bindparam("now", type_=_L.c.created_at.type),
-)
-_PAY = (
-    update(_A)
-    .where(_A.c.id == bindparam("account_id"))
-    .values(balance=_A.c.balance - bindparam("charge", type_=CREDITS),
-            reserved=_A.c.reserved - bindparam("hold", type_=CREDITS))
-)
-_closers: dict[str, Insert] = {}
+# What a hold and a settlement write, defined once (``shared.steps``): ``reserve`` and
+# ``close`` below run them on either database, and ``shared.onestatement`` joins the
+# same steps into its one-statement open and close of a job. Raw SQL: credits are the
+# columns' micro-credits here (``shared.credits``).
+RESERVED = steps.Step("reserve", """
+    SELECT account_id, hold FROM ledger WHERE job_id = :job_id AND kind = 'reserve'
+""", ("account_id", "hold"))
 
 
-def _closer(session: Session) -> Insert:
-    """``settle`` row from the ``reserve`` row, charge capped in SQL, unless one exists."""
-    dialect = session.get_bind().dialect.name
-    if dialect not in _closers:
-        held = _L.alias("held")
-        price = bindparam("price", type_=CREDITS)
-        charge = case((held.c.hold < price, held.c.hold), else_=price)
-        holds_budget = (
-            select(BudgetHold.job_id).where(BudgetHold.job_id == bindparam("b_job_id")).exists()
-        )
-        _closers[dialect] = (
-            insert_ignore(session, _L)
-            .from_select(
-                ["account_id", "job_id", "kind", "amount", "hold", "note", "created_at"],
-                select(held.c.account_id, held.c.job_id, literal("settle"), -charge,
-                       -held.c.hold, literal(""), bindparam("now", type_=_L.c.created_at.type))
-                .where(held.c.job_id == bindparam("b_job_id"), held.c.kind == "reserve"),
-            )
-            .returning(_L.c.account_id, _L.c.amount, _L.c.hold, holds_budget)
-        )
-    return _closers[dialect]
+def holding(guard: str = "") -> tuple[steps.Step, ...]:
+    """The wallet's conditional hold of ``:hold`` and its ``reserve`` row; ``guard`` (``AND
+    …``) narrows the condition. Under concurrency the row lock orders the updates and
+    each re-checks the condition against the committed balance."""
+    return (
+        steps.Step("held", f"""
+    UPDATE accounts SET reserved = reserved + :hold
+    WHERE id = :account_id AND balance - reserved >= :hold{guard}
+    RETURNING id
+""", ("id",)),
+        steps.Step("entry", """
+    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
+    SELECT id, :job_id, 'reserve', 0, :hold, '', :now FROM {held}
+"""),
+    )
+
+
+def settling(charged: str) -> tuple[steps.Step, ...]:
+    """The ``settle`` row (the charge paid, the whole hold released) from the ``reserve``
+    step and the step named ``charged`` (its ``credits_charged``), unless the job has one;
+    then the wallet and the job's budgets, from the row written (none: nothing)."""
+    return (
+        steps.Step("settled", f"""
+    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
+    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
+    FROM {{reserve}} r, {{{charged}}} e WHERE true
+    ON CONFLICT DO NOTHING
+    RETURNING account_id, amount, hold
+""", ("account_id", "amount", "hold")),
+        steps.Step("paid", """
+    UPDATE accounts SET balance = accounts.balance + s.amount,
+        reserved = accounts.reserved + s.hold
+    FROM {settled} s WHERE accounts.id = s.account_id
+"""),
+        steps.Step("holds", """
+    UPDATE budget_holds SET charged = -s.amount
+    FROM {settled} s WHERE budget_holds.job_id = :job_id AND budget_holds.charged IS NULL
+    RETURNING budget_holds.budget_id, budget_holds.amount, budget_holds.charged
+""", ("budget_id", "amount", "charged")),
+        steps.Step("spent", """
+    UPDATE budgets SET reserved = budgets.reserved - h.amount,
+        spent = budgets.spent + h.charged
+    FROM {holds} h WHERE budgets.id = h.budget_id
+"""),
+    )
+
+
+# The charge: the price capped at the hold (``r``, the ``reserve`` step).
+CAPPED = "CASE WHEN r.hold < :price THEN r.hold ELSE :price END"
+NOW = bindparam("now", type_=DateTime(timezone=True))
+_RESERVE = steps.Write(holding(), answer="SELECT count(*) FROM {held}", binds=(NOW,))
+_CLOSE = steps.Write((RESERVED, steps.Step("charged", f"""
+    SELECT {CAPPED} AS credits_charged FROM {{reserve}} r
+""", ("credits_charged",)), *settling("charged")), answer="SELECT amount FROM {settled}",
+    binds=(NOW,))
 
 
 def grant(session: Session, account_id: int, credits: Decimal, note: str = "") -> None:
@@ -156,34 +172,27 @@ def reserve(session: Session, account_id: int, job_id: str, credits: Decimal) ->
     hold = q(credits)
     if hold < 0:
         raise ValueError("a reservation cannot be negative")
-    conn = session.connection()
-    if conn.execute(_HOLD, {"account_id": account_id, "hold": hold}).rowcount != 1:
+    row = _RESERVE.run(session.connection(), {"account_id": account_id, "job_id": job_id,
+                                              "hold": micros(hold), "now": datetime.now(UTC)})
+    if row is None or not row[0]:
         raise InsufficientCredits(available(session, account_id), hold)
-    conn.execute(_HOLD_ROW, {"account_id": account_id, "job_id": job_id, "hold": hold,
-                             "now": datetime.now(UTC)})
 
 
 def close(session: Session, job_id: str, cost: Decimal) -> Settlement:
     """Charge a job's actual cost (capped at its reservation) and release the rest, once.
 
-    One statement writes the job's ``settle`` row from its ``reserve`` row (the charge is
-    capped there, in SQL) unless a ``settle`` row exists: whichever settlement inserts it
-    first wins, and any later one (a redelivered or concurrent task) inserts nothing and
-    gets the first charge back with ``fresh=False``. Budgets are settled in the same step.
+    One write (one statement on PostgreSQL) adds the job's ``settle`` row from its
+    ``reserve`` row unless a ``settle`` row exists, and settles the wallet and budgets
+    from the row it added: whichever settlement inserts it first wins, and any later one
+    (a redelivered or concurrent task) inserts nothing and gets the first charge back
+    with ``fresh=False``.
     """
-    conn = session.connection()
-    row = conn.execute(
-        _closer(session),
-        {"b_job_id": job_id, "price": max(ZERO, q(cost)), "now": datetime.now(UTC)},
-    ).first()
+    row = _CLOSE.run(session.connection(), {"job_id": job_id, "price": micros(max(ZERO, cost)),
+                                            "now": datetime.now(UTC)})
     if row is None:
         # Settled before, or never reserved (then there is nothing to settle either).
         return Settlement(charged(session, job_id), fresh=not _reserved(session, job_id))
-    account_id, charged_now, hold, holds_budget = row[0], q(-row[1]), q(-row[2]), row[3]
-    conn.execute(_PAY, {"account_id": account_id, "charge": charged_now, "hold": hold})
-    if holds_budget:
-        budgets.settle(session, job_id, charged_now)
-    return Settlement(charged_now, fresh=True)
+    return Settlement(-from_micros(row[0]), fresh=True)
 
 
 def _reserved(session: Session, job_id: str) -> bool:

@@ -4,10 +4,14 @@ Every job of an account holds and settles credits on the same ``accounts`` row. 
 transaction of several statements that row stays locked from the ``UPDATE`` until the
 process has received the reply and sent ``COMMIT``; under load that wait is the event
 loop's, and every other request of the account queues behind it. As one statement the
-row is locked only while the server runs it. The writes are the ones ``shared.ledger``
-and ``shared.budgets`` make step by step (the path SQLite keeps), with the same rules:
-the hold is conditional on the balance, a job settles once (the job's status guards it,
-the ledger's unique ``(job_id, kind)`` too), the charge is capped at the hold.
+row is locked only while the server runs it. The rules are those of ``shared.ledger``
+and ``shared.budgets``: the hold is conditional on the balance, a job settles once (the
+job's status guards it, the ledger's unique ``(job_id, kind)`` too), the charge is
+capped at the hold.
+
+The close is written once (``shared.steps``) and SQLite runs the same steps in a
+transaction. The open is PostgreSQL's alone: SQLite holds through ``shared.ledger``.
+Credits here are the columns' micro-credits (``shared.credits``), not ``Decimal``.
 """
 
 from __future__ import annotations
@@ -18,77 +22,68 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from shared import dbapi
-from shared.ledger import q
+from shared import dbapi, ledger, steps
+from shared.credits import from_micros, micros
 
 # ``plain``: the key has no cap and the account brings no provider key of its own, so
 # the hold computed without looking is the hold (the common case: one round trip in all).
-_OPEN = text("""
-WITH plain AS (
-    SELECT 1 FROM api_keys k
+_OPEN = steps.Write(
+    steps=(
+        steps.Step("plain", """
+    SELECT 1 AS one FROM api_keys k
     WHERE k.id = :key_id AND k.budget IS NULL
       AND NOT EXISTS (SELECT 1 FROM provider_keys p WHERE p.account_id = :account_id)
-), held AS (
-    UPDATE accounts SET reserved = reserved + :hold
-    WHERE id = :account_id AND balance - reserved >= :hold
-      AND (NOT :guarded OR EXISTS (SELECT 1 FROM plain))
-    RETURNING id
-), entry AS (
-    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
-    SELECT id, :job_id, 'reserve', 0, :hold, '', :now FROM held
-), job AS (
+""", ("one",)),
+        *ledger.holding(" AND (NOT :guarded OR EXISTS (SELECT 1 FROM {plain}))"),
+        steps.Step("job", """
     INSERT INTO jobs (id, account_id, key_id, kind, status, request, session_id,
                       credits_reserved, byok, created_at)
     SELECT :job_id, id, :key_id, :kind, 'queued', :request, :session_id, :hold, :byok, :now
-    FROM held
+    FROM {held}
+"""),
+    ),
+    answer="SELECT (SELECT count(*) FROM {plain}), (SELECT count(*) FROM {held})",
 )
-SELECT (SELECT count(*) FROM plain), (SELECT count(*) FROM held)
-""")
 
 # The charge is the price capped at the job's hold (0 if it never held anything); it is
-# computed once, in ``ended``, and the settle row, the wallet and the budgets follow it.
-_CLOSE = text("""
-WITH reserve AS (
-    SELECT account_id, hold FROM ledger WHERE job_id = :job_id AND kind = 'reserve'
-), ended AS (
+# computed once, in ``ended``, and the settle row, the wallet and the budgets follow it
+# (``ledger.settling``, the steps of every settlement).
+_CLOSE = steps.Write(
+    steps=(
+        ledger.RESERVED,
+        steps.Step("ended", f"""
     UPDATE jobs SET status = :status, result = :result, error = :error,
         resolved_model = :resolved_model, finished_at = :now,
-        credits_charged = COALESCE((SELECT LEAST(hold, :price) FROM reserve), 0)
+        credits_charged = COALESCE((SELECT {ledger.CAPPED} FROM {{reserve}} r), 0)
     WHERE id = :job_id AND status NOT IN ('succeeded', 'failed', 'cancelled')
     RETURNING account_id, credits_charged
-), logged AS (
+""", ("account_id", "credits_charged")),
+        steps.Step("logged", """
     INSERT INTO request_log (job_id, account_id, model, provider, role, prompt_tokens,
         completion_tokens, ttft_ms, latency_ms, status, cost, error, created_at)
     SELECT :job_id, e.account_id, c.model, c.provider, c.role, c.prompt_tokens,
         c.completion_tokens, c.ttft_ms, c.latency_ms, c.status, c.cost, c.error, :now
-    FROM ended e, json_to_recordset(CAST(:calls AS json)) AS c(model text, provider text,
-        role text, prompt_tokens int, completion_tokens int, ttft_ms numeric,
-        latency_ms numeric, status text, cost numeric, error text)
-), settled AS (
-    INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
-    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
-    FROM reserve r, ended e
-    ON CONFLICT DO NOTHING
-    RETURNING account_id, amount, hold
-), paid AS (
-    UPDATE accounts a SET balance = a.balance + s.amount, reserved = a.reserved + s.hold
-    FROM settled s WHERE a.id = s.account_id
-), holds AS (
-    UPDATE budget_holds h SET charged = -s.amount
-    FROM settled s WHERE h.job_id = :job_id AND h.charged IS NULL
-    RETURNING h.budget_id, h.amount, h.charged
-), spent AS (
-    UPDATE budgets b SET reserved = b.reserved - h.amount, spent = b.spent + h.charged
-    FROM holds h WHERE b.id = h.budget_id
+    FROM {ended} e, {calls}
+"""),
+        *ledger.settling("ended"),
+    ),
+    answer="SELECT credits_charged FROM {ended}",
+    sources={"calls": {
+        "postgresql": """json_to_recordset(CAST(:calls AS json)) AS c(model text,
+        provider text, role text, prompt_tokens int, completion_tokens int, ttft_ms numeric,
+        latency_ms numeric, status text, cost bigint, error text)""",
+        "sqlite": "(SELECT " + ", ".join(f"json_extract(value, '$.{c}') AS {c}" for c in (
+            "model", "provider", "role", "prompt_tokens", "completion_tokens", "ttft_ms",
+            "latency_ms", "status", "cost", "error")) + " FROM json_each(:calls)) AS c",
+    }},
+    binds=(ledger.NOW,),
 )
-SELECT credits_charged FROM ended
-""")
 
 
-_OPEN_SQL = dbapi.compiled(_OPEN)
-_CLOSE_SQL = dbapi.compiled(_CLOSE)
+_OPEN_SQL = dbapi.compiled(_OPEN.postgres())
+_CLOSE_SQL = dbapi.compiled(_CLOSE.postgres())
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ def open_job(
     has a cap or the account provider keys (the hold then needs their terms)."""
     row = dbapi.fetch_one(conn, _OPEN_SQL, {
         "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
-        "request": _json_or_null(request), "session_id": session_id, "hold": q(hold),
+        "request": _json_or_null(request), "session_id": session_id, "hold": micros(hold),
         "byok": _json_or_null(byok), "now": datetime.now(UTC), "guarded": guarded,
     })
     assert row is not None  # a bare SELECT: always one row
@@ -135,15 +130,23 @@ def close_job(
     price: Decimal,
 ) -> Decimal | None:
     """End the job, log its calls and settle its credits and budgets; the amount charged,
-    or None (and nothing written) when the job had already ended."""
-    row = dbapi.fetch_one(conn, _CLOSE_SQL, {
+    or None (and nothing written) when the job had already ended.
+
+    PostgreSQL: one statement, on an autocommit ``conn``. SQLite: the same steps, in
+    ``conn``'s transaction (the caller commits)."""
+    params = {
         "job_id": job_id, "status": status,
         # As the JSON columns store None: JSON null, not SQL NULL.
         "result": json.dumps(result), "error": json.dumps(error),
-        "resolved_model": resolved_model, "calls": json.dumps(calls, default=str),
-        "price": max(Decimal(0), q(price)), "now": datetime.now(UTC),
-    })
-    return None if row is None or row[0] is None else Decimal(row[0])
+        "resolved_model": resolved_model,
+        "calls": json.dumps([{**c, "cost": micros(c["cost"])} for c in calls], default=str),
+        "price": micros(max(Decimal(0), price)), "now": datetime.now(UTC),
+    }
+    if conn.dialect.name == "postgresql":
+        row = dbapi.fetch_one(conn, _CLOSE_SQL, params)
+    else:
+        row = _CLOSE.run_in_steps(conn, params)
+    return None if row is None or row[0] is None else from_micros(row[0])
 
 
 def _json_or_null(value: Any) -> str | None:

@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
+from shared.credits import q
 from shared.registry import ModelSpec, Registry
 
 BASE_CREDITS: dict[str, Decimal] = {
@@ -41,7 +42,7 @@ def reservation(
     total = BASE_CREDITS.get(kind, Decimal(1)) + sum(
         (c.worst_cost() for c in calls if c.model.provider.name not in own_providers), Decimal(0)
     )
-    return total.quantize(Decimal("0.000001"))
+    return q(total)
 
 
 def priciest(

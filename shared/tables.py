@@ -22,7 +22,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-CREDITS = Numeric(18, 6)
+from shared.credits import Credits
+
+# Whole micro-credits in the database, Decimal credits in Python (see shared.credits).
+CREDITS = Credits()
 
 
 def utcnow() -> datetime:

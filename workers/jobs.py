@@ -13,19 +13,25 @@ from typing import Any, cast
 
 import gevent
 from sqlalchemy import Table, bindparam, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from shared import byok, dbapi, events, ledger, onestatement
+from shared import byok, dbapi, events
 from shared.db import autocommit, is_postgres, session_scope
 from shared.finals import FINAL_STATUSES as FINAL
 from shared.finals import final_event_for
 from shared.pricing import BASE_CREDITS
-from shared.tables import Job, RequestLog
+from shared.tables import Job
+from workers import ending
 from workers.calls import CallResult, JobContext
 from workers.lease import JobBusy, Lease
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
+UNRECORDED = {"code": "unavailable", "message": "the job's result could not be recorded; "
+              "nothing was charged", "http_status": 503}
+GAVE_UP = {"code": "unavailable", "message": "a dependency of Chorus failed; nothing was "
+           "charged", "http_status": 503}
 CONTENT_FIELDS = ("full_content", "content", "tool_calls", "answers", "results", "summary_text",
                   "scores")
 
@@ -194,22 +200,35 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime, lease: Lease | None = N
     The status change is the guard: a second run of the same job (a redelivered task
     racing the first) finds it final and writes, charges and publishes nothing. The
     job's ticket (and ``lease``) go in the same round trip as its final event.
+
+    The provider calls are made and their outcome is kept: a write that fails is retried
+    here, on its own, never by running the job (and calling the providers) again. When it
+    keeps failing, the job ends failed with its hold released; when even that cannot be
+    written, it stays running for the reconciler (``give_up``), and nothing is announced.
     """
     cost = charge_for(spec.kind, outcome)
     stored = outcome.result
     if spec.zero_retention:
         stored = {k: v for k, v in outcome.result.items() if k not in CONTENT_FIELDS}
     calls = [_log_row(c) for c in outcome.calls]
-    if is_postgres():
-        with autocommit() as conn:
-            charged = onestatement.close_job(
-                conn, job_id=spec.id, status=outcome.status, result=stored,
-                error=outcome.error, resolved_model=outcome.resolved_model, calls=calls,
-                price=cost,
-            )
-    else:
-        charged = _finish_in_a_transaction(spec, outcome, stored, calls, cost)
+    try:
+        charged, retried = ending.written(spec.id, ending.WRITE_BACKOFF_S, functools.partial(
+            ending.close, spec.id, outcome.status, stored, outcome.error,
+            outcome.resolved_model, calls, cost))
+    except SQLAlchemyError as exc:
+        log.error("could not record the end of job %s (%s); failing it", spec.id, exc)
+        outcome = Outcome("failed", error=UNRECORDED)
+        try:
+            charged, retried = ending.written(
+                spec.id, ending.GIVE_UP_BACKOFF_S, functools.partial(
+                    ending.close, spec.id, "failed", {}, UNRECORDED, None, [], Decimal(0)))
+        except SQLAlchemyError:
+            log.exception("job %s stays running for the reconciler", spec.id)
+            return
     if charged is None:
+        if retried:
+            # An attempt that failed may have committed before its answer was lost.
+            _announce_recorded(spec.id, rt)
         log.info("job %s already ended; not finishing it again", spec.id)
         return
     drop = [events.request_key(spec.id), events.relay_key(spec.id),
@@ -221,6 +240,13 @@ def finish(spec: JobSpec, outcome: Outcome, rt: Runtime, lease: Lease | None = N
         drop,
     )
     rt.publisher.flush()
+
+
+def _announce_recorded(job_id: str, rt: Runtime) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.status in FINAL:
+            _republish_final(job, rt)
 
 
 def _log_row(c: CallResult) -> dict[str, Any]:
@@ -239,54 +265,26 @@ def _log_row(c: CallResult) -> dict[str, Any]:
     }
 
 
-def _finish_in_a_transaction(
-    spec: JobSpec, outcome: Outcome, stored: dict[str, Any], calls: list[dict[str, Any]],
-    cost: Decimal,
-) -> Decimal | None:
-    """SQLite: the same writes as ``onestatement.close_job``, step by step."""
-    with session_scope() as session:
-        ended = session.execute(
-            update(Job)
-            .where(Job.id == spec.id, Job.status.not_in(FINAL))
-            .values(
-                status=outcome.status,
-                result=stored,
-                error=outcome.error,
-                resolved_model=outcome.resolved_model,
-                finished_at=datetime.now(UTC),
-            )
-        )
-        if ended.rowcount == 0:  # type: ignore[attr-defined]
-            return None
-        session.add_all(RequestLog(job_id=spec.id, account_id=spec.account_id, **c)
-                        for c in calls)
-        # Settle last: it locks the account row, which concurrent jobs of the account share.
-        charged = ledger.settle(session, spec.id, cost)
-        session.execute(update(Job).where(Job.id == spec.id).values(credits_charged=charged))
-    return charged
-
-
 def give_up(job_id: str, exc: BaseException, rt: Runtime | None = None) -> None:
     """The job cannot be run (its dependencies kept failing): end it as failed, release
-    its hold, and tell its clients, as far as whatever is still up allows."""
+    its hold, and tell its clients, as far as whatever is still up allows.
+
+    Safe to call for any job, any number of times, from any process (the reconciler):
+    a job that has ended is left as it is, and only the call that ends it announces it.
+    """
     rt = rt or get_runtime()
     log.error("giving up on job %s: %s", job_id, exc)
-    error = {"code": "unavailable", "message": "a dependency of Chorus failed; nothing was "
-             "charged", "http_status": 503}
     try:
-        with session_scope() as session:
-            ended = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.not_in(FINAL))
-                .values(status="failed", error=error, finished_at=datetime.now(UTC))
-            )
-            if ended.rowcount == 0:  # type: ignore[attr-defined]
-                return
-            charged = ledger.settle(session, job_id, Decimal(0))
-            session.execute(update(Job).where(Job.id == job_id).values(credits_charged=charged))
+        charged = ending.close(job_id, "failed", {}, GAVE_UP, None, [], Decimal(0))
     except Exception:
-        log.exception("could not record the failure of job %s", job_id)
+        # Announced only once recorded: a stream is never told that a running job ended.
+        log.exception("could not record the failure of job %s; the reconciler will",
+                      job_id)
+        return
+    if charged is None:
+        return
     try:
-        rt.publisher.publish(job_id, final_event_for(job_id, "failed", {}, error, Decimal(0),
+        rt.publisher.publish(job_id, final_event_for(job_id, "failed", {}, GAVE_UP, charged,
                                                      None))
         rt.publisher.flush()
     except Exception:

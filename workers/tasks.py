@@ -16,6 +16,8 @@ from workers.runtime import get_runtime
 
 # Redis or the database failing under a job must not lose it: try again with backoff, and
 # after that give up loudly (the client gets a final error event, the hold is released).
+# A job whose provider calls were made never comes back here for its end: ``finish``
+# retries that write on its own (workers/ending.py), so a rerun cannot call them twice.
 INFRA_RETRIES = 8
 
 

@@ -3,15 +3,15 @@
 A client's Idempotency-Key per account: the job or batch its first request made and the
 hash of that request, so a retry gets the same job instead of a second one.
 
-Revision ID: 0004i
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-03 12:20:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004i"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
