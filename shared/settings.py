@@ -46,6 +46,13 @@ class Settings:
     health_interval_s: float = 60.0
     # Seconds before the broker hands an unacknowledged task (a dead worker's) to another.
     broker_visibility_timeout_s: int = 300
+    # The reconciler (workers/reconciler.py): seconds between passes; how long a job may
+    # be queued, or running without a lease, before a missing delivery counts as lost;
+    # and how long a job of each queue may take in all before it is ended as failed.
+    reconcile_s: float = 5.0
+    reconcile_grace_s: float = 15.0
+    job_deadline_s: float = 3600.0
+    batch_job_deadline_s: float = 86400.0
     # Rate limits: every limit is multiplied by the scale; `rate_limits` overrides single
     # limits ("chat=90,ip.free=120"); X-Forwarded-For is trusted through this many proxies.
     rate_limit_scale: float = 1.0
@@ -84,6 +91,10 @@ def from_env() -> Settings:
         stream_pace_from=int(os.environ.get("CHORUS_STREAM_PACE_FROM") or 8),
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
         broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
+        reconcile_s=_env_float("CHORUS_RECONCILE_S", 5.0),
+        reconcile_grace_s=_env_float("CHORUS_RECONCILE_GRACE_S", 15.0),
+        job_deadline_s=_env_float("CHORUS_JOB_DEADLINE_S", 3600.0),
+        batch_job_deadline_s=_env_float("CHORUS_BATCH_JOB_DEADLINE_S", 86400.0),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),
         rate_limits=os.environ.get("CHORUS_RATE_LIMITS", ""),
         trusted_proxies=int(os.environ.get("CHORUS_TRUSTED_PROXIES") or 0),
