@@ -12,6 +12,8 @@ seconds apart, agree on).
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -19,14 +21,44 @@ from typing import Any
 from celery import Celery
 
 CHUNK = 1000
-# Job ids are UUIDs; a message's body is base64 (no '-'), so what matches is in headers.
+ID_LEN = 36
+# Where kombu's JSON puts the headers that name a job: three finds and slices a message,
+# ten times faster than a regular expression over all of it (10,000 messages: 24 ms).
+_HEADERS = b'"headers": {'
+_NAMING = ((b'"id": "', 0), (b'"root_id": "', 0), (b'"argsrepr": "', 2))  # 2: past "('"
+# A chord's body names the job after the results it carries (argsrepr is cut short): one
+# sent within a task whose root is not the job (one enqueued before task ids were job
+# ids) is found in its arguments.
+_BODIES = b'"task": "chorus.pipeline_'
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _named(raw: bytes, wanted: set[bytes], into: set[bytes]) -> None:
-    for found in _UUID.findall(raw):
-        if found in wanted:
-            into.add(found)
+    start = raw.find(_HEADERS)
+    hit = False
+    for marker, skip in _NAMING:
+        at = raw.find(marker, start)
+        if at < 0:
+            start = -1  # not the layout expected: search it whole
+            break
+        at += len(marker) + skip
+        name = raw[at:at + ID_LEN]
+        if name in wanted:
+            into.add(name)
+            hit = True
+    if start < 0:
+        into.update(found for found in _UUID.findall(raw) if found in wanted)
+    elif not hit and raw.find(_BODIES) >= 0:
+        _in_arguments(raw, wanted, into)
+
+
+def _in_arguments(raw: bytes, wanted: set[bytes], into: set[bytes]) -> None:
+    try:
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return
+    into.update(a.encode() for a in args if isinstance(a, str) and a.encode() in wanted)
 
 
 def _queue_keys(channel: Any, queues: Iterable[str]) -> list[str]:

@@ -117,15 +117,16 @@ def _chunks(items: list[str], size: int = CHUNK) -> Iterator[list[str]]:
 
 
 def look(app: Celery, client: redis.Redis, jobs: list[OpenJob]) -> Seen:
-    """Read the broker's queues and unacknowledged deliveries, then the jobs' leases and
-    tickets (one round trip per ``CHUNK`` jobs). Nothing is read when there are no jobs."""
+    """Read the broker's queues and unacknowledged deliveries, then the leases and tickets
+    of the jobs no message names (one round trip per ``CHUNK`` of them). Nothing is read
+    when there are no jobs."""
     if not jobs:
         return Seen(frozenset(), frozenset(), frozenset())
-    ids = [j.id for j in jobs]
-    delivered = held(app, QUEUES, ids)
+    delivered = held(app, QUEUES, [j.id for j in jobs])
+    rest = [j.id for j in jobs if j.id not in delivered]
     leased: set[str] = set()
     ticketed: set[str] = set()
-    for part in _chunks(ids):
+    for part in _chunks(rest):
         with client.pipeline(transaction=False) as pipe:
             for job_id in part:
                 pipe.exists(lease_key(job_id))

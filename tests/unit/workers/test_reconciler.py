@@ -114,6 +114,12 @@ def test_a_pass_picks_the_jobs_without_a_delivery(
     client.hset(state_key(live_pipe), "spec", "{}")
     app.send_task("chorus.model_call", args=[live_pipe, {"key": "c0"}], queue="interactive",
                   argsrepr=f"({live_pipe!r}, 'c0')")
+    # A chord's body names the job after the results it carries, from a task whose root
+    # is not the job (a job sent before task ids were job ids).
+    body_pipe = add_job(pg_url, account, status="running", kind="compare")
+    client.hset(state_key(body_pipe), "spec", "{}")
+    app.send_task("chorus.pipeline_next", args=[[{"model": "m", "text": "x" * 2000}],
+                                                body_pipe, "candidates"], queue="interactive")
     zr_ticket = add_job(pg_url, account, zero_retention=True)
     client.set(events.request_key(zr_ticket), json.dumps({"kind": "chat"}))
     zr_gone = add_job(pg_url, account, zero_retention=True)
@@ -139,7 +145,7 @@ def test_a_pass_picks_the_jobs_without_a_delivery(
     with session_scope(pg_url) as s:  # leave nothing open for the other tests
         for job_id in picks(plan):
             s.get(Job, job_id).status = "failed"  # type: ignore[union-attr]
-        for job_id in (queued_msg, running_leased, live_pipe):
+        for job_id in (queued_msg, running_leased, live_pipe, body_pipe):
             s.get(Job, job_id).status = "failed"  # type: ignore[union-attr]
 
 
