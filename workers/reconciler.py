@@ -19,11 +19,12 @@ the job's lease before anything else and its claim accepts only a job not yet en
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -226,6 +227,19 @@ def _lock(client: redis.Redis, ttl_s: int) -> Iterator[bool]:
                         "return redis.call('DEL', KEYS[1]) end return 0", 1, LOCK_KEY, token)
 
 
+def _end_overdue(rt: Runtime, job: OpenJob, *, limit: float) -> None:
+    end(rt, job, overdue_error(limit))
+
+
+def _each(job: OpenJob, action: Callable[[OpenJob], object]) -> None:
+    """One job's failure (the database or the broker briefly gone) must not hold back the
+    others; the next pass finds it again."""
+    try:
+        action(job)
+    except Exception:
+        log.exception("reconciling job %s failed", job.id)
+
+
 def run_pass(rt: Runtime, app: Celery) -> Report | None:
     """One pass; None if another process is running one."""
     settings = rt.settings
@@ -244,14 +258,14 @@ def run_pass(rt: Runtime, app: Celery) -> Report | None:
         for job in requeued:
             log.warning("job %s (%s, %s) has no delivery; sending it again on %s",
                         job.id, job.kind, job.status, job.queue)
-            requeue(app, job)
+            _each(job, lambda j: requeue(app, j))
         for job in lost:
             log.error("job %s lost its request with Redis; ending it failed", job.id)
-            end(rt, job, LOST)
+            _each(job, lambda j: end(rt, j, LOST))
         for job in plan.overdue:
             limit = deadline_s(settings, job.queue)
             log.error("job %s is past its %g s deadline; ending it failed", job.id, limit)
-            end(rt, job, overdue_error(limit))
+            _each(job, functools.partial(_end_overdue, rt, limit=limit))
         report = Report(len(jobs), [j.id for j in requeued], [j.id for j in lost],
                         [j.id for j in plan.overdue], (time.perf_counter() - started) * 1000)
     if report.requeued or report.lost or report.overdue:
