@@ -30,7 +30,6 @@ from shared.migrate import upgrade
 from shared.tables import ApiKey, Job, LedgerEntry
 from tests.procs import free_port, start, stop
 from tests.stack import Stack, create_pg_database, drop_pg_database
-from tests.stack import _wait_log as wait_log
 
 MSG = [{"role": "user", "content": "Explain how a lighthouse keeps its light turning."}]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -41,7 +40,6 @@ SLOW = {"model": "gpt-5-mini", "ttft_ms": 100, "token_ms": 40, "tokens": 15}
 # reconciler their jobs stay queued).
 FAST = {"model": "gpt-5-mini", "ttft_ms": 20, "token_ms": 10, "tokens": 10}
 WORKER_ENV = {"CHORUS_BROKER_VISIBILITY_TIMEOUT": "10"}
-TIMINGS: dict[str, float] = {}
 
 
 class OwnRedis:
@@ -84,14 +82,18 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str,
     return time.monotonic() - t0
 
 
+Rig = tuple[Stack, OwnRedis, dict[str, float]]
+
+
 @pytest.fixture(autouse=True)
 def clean_breakers() -> None:
     """This module runs on a stack of its own; the shared one is not started for it."""
 
 
 @pytest.fixture(scope="module")
-def own(mock_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
-                                                                                  OwnRedis]]:
+def own(mock_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """The stack, its Redis server, and the recovery times the tests measure (printed at
+    the end)."""
     logs = Path(tmp_path_factory.mktemp("reconcile"))
     server = OwnRedis(logs)
     server.start()
@@ -113,13 +115,14 @@ def own(mock_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         s.procs["beat"] = start(["celery", "--app", "workers.app", "beat", "--loglevel",
                                  "info", "--schedule", str(logs / "beat-schedule")],
                                 env, logs / "beat.log")
-        yield s, server
+        timings: dict[str, float] = {}
+        yield s, server, timings
     finally:
         s.shutdown()
         if server.proc is not None:
             stop(server.proc)
         drop_pg_database(db_url)
-        print("\nrecovery timings (s):", json.dumps(TIMINGS))
+        print("\nrecovery timings (s):", json.dumps(timings))
 
 
 def start_worker(s: Stack, name: str, queue: str, concurrency: int = 50,
@@ -135,6 +138,10 @@ def _set_log_aside(s: Stack, name: str) -> None:
     (s.logs / f"{name}.log").rename(s.logs / f"{name}-{time.monotonic_ns()}.log")
 
 
+def ready_or_gone(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    return proc.poll() is not None or "ready" in log.read_text()
+
+
 def start_workers(s: Stack, concurrency: int = 50) -> None:
     """An interactive and a batch worker, started at once (so both take work at once)."""
     pairs = (("worker", "interactive"), ("batch", "batch"))
@@ -145,7 +152,9 @@ def start_workers(s: Stack, concurrency: int = 50) -> None:
              "--loglevel", "info", "--hostname", f"{name}@%h"],
             {**s.env, **WORKER_ENV}, s.logs / f"{name}.log")
     for name, _queue in pairs:
-        wait_log(s.logs / f"{name}.log", "ready", s.procs[name])
+        log, proc = s.logs / f"{name}.log", s.procs[name]
+        wait_for(partial(ready_or_gone, proc, log), 30, f"{name} to be ready")
+        assert proc.poll() is None, log.read_text()[-4000:]
         _set_log_aside(s, name)
 
 
@@ -219,9 +228,9 @@ def requeued_count(s: Stack) -> int:
 
 @pytest.mark.timeout(400)
 def test_workers_killed_with_work_queued_lose_nothing(
-    own: tuple[Stack, OwnRedis], mock: httpx.Client,
+    own: Rig, mock: httpx.Client,
 ) -> None:
-    s, server = own
+    s, server, timings = own
     mock.post("/_mock/config", json=FAST)
     key = s.create_key(credits=100_000)
     account = account_of(s, key)
@@ -250,8 +259,8 @@ def test_workers_killed_with_work_queued_lose_nothing(
         start_workers(s)
         took = wait_for(lambda: all_ended(s, chats + lines), 120,
                         "every job to end", lambda: Counter(statuses(s, chats + lines).values()))
-        TIMINGS["workers_killed_all_ended_after_last_restart_s"] = round(took, 1)
-        TIMINGS["workers_killed_requeued_by_reconciler"] = requeued_count(s)
+        timings["workers_killed_all_ended_after_last_restart_s"] = round(took, 1)
+        timings["workers_killed_requeued_by_reconciler"] = requeued_count(s)
         views = [api.get(f"/api/v1/batches/{b}").json() for b in batches]
     print("queue depths (interactive, batch) at each kill:", depths)
     assert all(chat_depth > 0 and line_depth > 0 for chat_depth, line_depth in depths)
@@ -261,9 +270,9 @@ def test_workers_killed_with_work_queued_lose_nothing(
 
 
 def test_redis_restarted_empty_with_batch_lines_queued(
-    own: tuple[Stack, OwnRedis], mock: httpx.Client,
+    own: Rig, mock: httpx.Client,
 ) -> None:
-    s, server = own
+    s, server, timings = own
     mock.post("/_mock/config", json=SLOW)
     for name in ("worker", "batch"):
         s.stop_proc(name)
@@ -281,18 +290,18 @@ def test_redis_restarted_empty_with_batch_lines_queued(
         back = wait_for(lambda: broker.llen("batch") > 0, 60, "lines to be queued again")
         took = back + wait_for(lambda: all_ended(s, lines), 60 - back,
                                "every line to end after the restart")
-        TIMINGS["redis_restarted_lines_queued_again_s"] = round(back, 1)
-        TIMINGS["redis_restarted_lines_ended_s"] = round(took, 1)
-        TIMINGS["redis_restarted_lines_queued_at_kill"] = len(queued)
+        timings["redis_restarted_lines_queued_again_s"] = round(back, 1)
+        timings["redis_restarted_lines_ended_s"] = round(took, 1)
+        timings["redis_restarted_lines_queued_at_kill"] = len(queued)
         view = api.get(f"/api/v1/batches/{batch_id}").json()
     assert view["status"] == "completed", view
     assert_settled_once(s, lines, account)
 
 
 def test_a_zero_retention_request_lost_with_redis_ends_failed(
-    own: tuple[Stack, OwnRedis], mock: httpx.Client,
+    own: Rig, mock: httpx.Client,
 ) -> None:
-    s, server = own
+    s, server, timings = own
     mock.post("/_mock/config", json=SLOW)
     s.stop_proc("worker")  # the chats wait in the queue
     zr_key = s.create_key(credits=1000, zero_retention=True)
@@ -305,7 +314,7 @@ def test_a_zero_retention_request_lost_with_redis_ends_failed(
         t0 = time.monotonic()
         start_worker(s, "worker", "interactive", 4)
         wait_for(lambda: all_ended(s, [lost, kept]), 60, "both chats to end")
-        TIMINGS["zero_retention_lost_ended_s"] = round(time.monotonic() - t0, 1)
+        timings["zero_retention_lost_ended_s"] = round(time.monotonic() - t0, 1)
         with zr_api.stream("GET", f"/api/v1/jobs/{lost}/events") as resp:
             frames = [line for line in resp.iter_lines() if line.startswith("data: {")]
     assert statuses(s, [lost, kept]) == {lost: "failed", kept: "succeeded"}
@@ -320,9 +329,9 @@ def test_a_zero_retention_request_lost_with_redis_ends_failed(
     assert_settled_once(s, [kept], account_of(s, key))
 
 
-def test_a_job_past_its_deadline_ends(own: tuple[Stack, OwnRedis],
+def test_a_job_past_its_deadline_ends(own: Rig,
                                       mock: httpx.Client) -> None:
-    s, _ = own
+    s, _, timings = own
     # An answer that would take half a minute, token by token.
     mock.post("/_mock/config", json={"model": "gpt-5-mini", "ttft_ms": 50, "token_ms": 500,
                                      "tokens": 60})
@@ -334,7 +343,7 @@ def test_a_job_past_its_deadline_ends(own: tuple[Stack, OwnRedis],
             job_id = start_chat(api)
             wait_for(lambda: statuses(s, [job_id])[job_id] == "running", 20, "the job to run")
             took = wait_for(lambda: all_ended(s, [job_id]), 30, "the overdue job to end")
-            TIMINGS["deadline_6s_ended_after_running_s"] = round(took, 1)
+            timings["deadline_6s_ended_after_running_s"] = round(took, 1)
             # The worker still on it was told to stop: the provider's stream is closed.
             wait_for(lambda: mock.get("/_mock/stats").json()["client_disconnects"]
                      .get("gpt-5-mini", 0) >= 1, 10, "the provider call to be stopped")
