@@ -298,6 +298,34 @@ def test_redis_restarted_empty_with_batch_lines_queued(
     assert_settled_once(s, lines, account)
 
 
+def test_a_compare_whose_pipeline_went_with_redis_starts_over(
+    own: Rig, mock: httpx.Client,
+) -> None:
+    s, server, timings = own
+    for model in ("gpt-5-mini", "gemini-3-flash"):
+        mock.post("/_mock/config", json={"model": model, "ttft_ms": 50, "token_ms": 200,
+                                         "tokens": 20})
+    key = s.create_key(credits=1000)
+    body = {"models": ["gpt-5-mini", "gemini-3-flash"], "messages": MSG, "stream": True,
+            "keep_running": True}
+    broker = redis.Redis.from_url(server.url)
+    with client(s, key) as api:
+        with api.stream("POST", "/api/v1/compare", json=body) as resp:
+            assert resp.status_code == 200
+            job_id = resp.headers["X-Chorus-Job-Id"]
+        # Its calls are streaming: the pipeline's state is in Redis, and goes with it.
+        wait_for(lambda: broker.exists(f"chorus:job:{job_id}:pipe") == 1, 20, "the pipeline")
+        server.kill()
+        server.start()
+        took = wait_for(lambda: all_ended(s, [job_id]), 60, "the compare to end")
+        timings["compare_pipeline_lost_ended_s"] = round(took, 1)
+        view = api.get(f"/api/v1/jobs/{job_id}").json()
+    assert view["status"] == "succeeded", view
+    assert [r["model"] for r in view["result"]["results"]] == ["gpt-5-mini", "gemini-3-flash"]
+    assert view["result"]["summary"]["answered"] == 2
+    assert_settled_once(s, [job_id], account_of(s, key))
+
+
 def test_a_zero_retention_request_lost_with_redis_ends_failed(
     own: Rig, mock: httpx.Client,
 ) -> None:
