@@ -87,7 +87,7 @@ def _submit_line(owner: KeyOwner, batch_id: str, n: int, line: BatchLine,
     item = BatchItem(batch_id=batch_id, line=n, custom_id=line.custom_id,
                      endpoint=line.endpoint)
     try:
-        job_id = start_job(owner, line.endpoint, req, follow=False)
+        job_id = start_job(owner, line.endpoint, req, follow=False, queue=QUEUE_BATCH)
         enqueue(job_id, QUEUE_BATCH)
     except ApiError as exc:
         # The line has no job (its hold refused, say): the others go on.

@@ -14,7 +14,7 @@ from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.relay import Relay
 from api.streaming import sse_response, wait_final
-from api.submit import check_models, create_job, enqueue, parse_body
+from api.submit import QUEUE_INTERACTIVE, check_models, create_job, enqueue, parse_body
 from shared import events, finals
 from shared.db import session_scope
 from shared.keys import KeyOwner
@@ -45,19 +45,20 @@ MODEL_PARAM = {"chat": "model", "compare": "models", "blend": "models", "judge":
 
 
 def start_job(owner: KeyOwner, kind: str, req: Common, *, follow: bool = True,
-              claim: idempotency.Claim | None = None) -> str:
+              claim: idempotency.Claim | None = None,
+              queue: str = QUEUE_INTERACTIVE) -> str:
     """Check the models, store the job and hold its credits; the caller enqueues it.
 
     Every entry point (REST, OpenAI-compatible, WebSocket, batches) goes through here so
     they share validation, credits and the ``chorus.before_enqueue`` hook. ``follow``:
     this process relays the job's events to a client (a batch's jobs have none).
     ``claim``: the request's ``Idempotency-Key``; ``idempotency.KeyUsed`` when it already
-    names a job."""
+    names a job. ``queue``: the one the caller enqueues it on, recorded with the job."""
     registry = _registry()
     check_models(req.model_ids(), registry, MODEL_PARAM[kind])
     body = req.model_dump(mode="json", exclude_none=True)
     relay = _relay().channel if follow else None
-    job_id, _hold = create_job(owner, kind, body, registry, _redis(), relay, claim)
+    job_id, _hold = create_job(owner, kind, body, registry, _redis(), relay, claim, queue)
     hook = current_app.extensions.get("chorus.before_enqueue")
     if hook is not None:
         hook(job_id, body)

@@ -61,8 +61,11 @@ def check_models(ids: list[str], registry: Registry, param: str) -> None:
 def create_job(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, client: redis.Redis,
     relay: str | None = None, claim: idempotency.Claim | None = None,
+    queue: str = QUEUE_INTERACTIVE,
 ) -> tuple[str, Decimal]:
     """Store the job and hold its worst-case cost in one transaction (402 if not covered).
+
+    The job row names ``queue``, the one its task goes to: a lost task goes back there.
 
     The key's and the session's budgets are held first, then the wallet; when either
     refuses, the whole transaction (job row included) rolls back. With a ``claim`` (an
@@ -72,7 +75,7 @@ def create_job(
     job_id = str(uuid.uuid4())
     ticket = Ticket(client, job_id, owner, kind, body, relay)
     try:
-        hold, own = _open(owner, kind, body, registry, job_id, ticket, claim)
+        hold, own = _open(owner, kind, body, registry, job_id, ticket, claim, queue)
     except idempotency.KeyTaken:
         assert claim is not None
         raise idempotency.resolve(owner.account_id, claim) from None
@@ -105,31 +108,34 @@ def create_job(
 
 
 def _open(owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
-          ticket: Ticket, claim: idempotency.Claim | None) -> tuple[Decimal, list[str]]:
+          ticket: Ticket, claim: idempotency.Claim | None,
+          queue: str) -> tuple[Decimal, list[str]]:
     """The hold; a ticket written meanwhile is taken back when it fails."""
     try:
         if claim is not None:
             # The key's row must commit with the job: a transaction of a few statements
             # (the one-statement path below has no room for it). Requests without a key,
             # nearly all of them, never come here.
-            return _open_in_a_transaction(owner, kind, body, registry, job_id, claim)
+            return _open_in_a_transaction(owner, kind, body, registry, job_id, queue,
+                                          claim)
         if is_postgres():
-            return _open_in_one_statement(owner, kind, body, registry, job_id)
-        return _open_in_a_transaction(owner, kind, body, registry, job_id)
+            return _open_in_one_statement(owner, kind, body, registry, job_id, queue)
+        return _open_in_a_transaction(owner, kind, body, registry, job_id, queue)
     except BaseException:
         ticket.withdraw()
         raise
 
 
 def _open_in_one_statement(
-    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str
+    owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
+    queue: str,
 ) -> tuple[Decimal, list[str]]:
     """PostgreSQL: the hold, ledger row and job as one statement. Usually one round trip:
     the statement itself checks that no key cap or provider key of the account's own
     applies; when one does, read the terms and hold what they say (with a cap or a
     session budget, in the transaction below)."""
     if body.get("session_id") is not None:
-        return _open_in_a_transaction(owner, kind, body, registry, job_id)
+        return _open_in_a_transaction(owner, kind, body, registry, job_id, queue)
     with autocommit() as conn:
 
         def open_with(own: list[str], guarded: bool) -> tuple[Decimal, onestatement.Opened]:
@@ -137,7 +143,7 @@ def _open_in_one_statement(
             return hold, onestatement.open_job(
                 conn, job_id=job_id, account_id=owner.account_id, key_id=owner.key_id,
                 kind=kind, request=None if owner.zero_retention else body, session_id=None,
-                hold=hold, byok=own or None, guarded=guarded,
+                hold=hold, byok=own or None, guarded=guarded, queue=queue,
             )
 
         own: list[str] = []
@@ -155,11 +161,12 @@ def _open_in_one_statement(
                     ledger.wallet(conn, owner.account_id).available, ledger.q(hold))
             return hold, own
     # A capped key: its budget is held with the wallet, in one transaction.
-    return _open_in_a_transaction(owner, kind, body, registry, job_id)
+    return _open_in_a_transaction(owner, kind, body, registry, job_id, queue)
 
 
 def _open_in_a_transaction(
     owner: KeyOwner, kind: str, body: dict[str, Any], registry: Registry, job_id: str,
+    queue: str = QUEUE_INTERACTIVE,
     claim: idempotency.Claim | None = None,
 ) -> tuple[Decimal, list[str]]:
     """The job row, its idempotency key if any, the budgets' holds and the wallet's, in
@@ -175,6 +182,7 @@ def _open_in_a_transaction(
                 key_id=owner.key_id,
                 kind=kind,
                 status="queued",
+                queue=queue,
                 request=None if owner.zero_retention else body,
                 session_id=body.get("session_id"),
                 credits_reserved=hold,
@@ -207,7 +215,9 @@ def enqueue(job_id: str, queue: str = QUEUE_INTERACTIVE) -> None:
     celery = current_app.extensions["celery"]
     try:
         # No result subscription: a job's result is its event stream, not a Celery result.
-        celery.send_task("chorus.run_job", args=[job_id], queue=queue, ignore_result=True)
+        # The task's id is the job's, so the reconciler knows the job's message on sight.
+        celery.send_task("chorus.run_job", args=[job_id], queue=queue, ignore_result=True,
+                         task_id=job_id)
     except (KombuError, OSError, redis.RedisError) as exc:
         abandon(job_id)
         raise unavailable("queue") from exc

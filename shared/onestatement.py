@@ -38,9 +38,10 @@ _OPEN = steps.Write(
 """, ("one",)),
         *ledger.holding(" AND (NOT :guarded OR EXISTS (SELECT 1 FROM {plain}))"),
         steps.Step("job", """
-    INSERT INTO jobs (id, account_id, key_id, kind, status, request, session_id,
+    INSERT INTO jobs (id, account_id, key_id, kind, status, queue, request, session_id,
                       credits_reserved, byok, created_at)
-    SELECT :job_id, id, :key_id, :kind, 'queued', :request, :session_id, :hold, :byok, :now
+    SELECT :job_id, id, :key_id, :kind, 'queued', :queue, :request, :session_id, :hold,
+           :byok, :now
     FROM {held}
 """),
     ),
@@ -104,6 +105,7 @@ def open_job(
     hold: Decimal,
     byok: list[str] | None,
     guarded: bool,
+    queue: str = "interactive",
 ) -> Opened:
     """Hold ``hold`` credits, write the ``reserve`` row and store the queued job, or do
     nothing at all when the wallet cannot cover the hold or, if ``guarded``, when the key
@@ -112,6 +114,7 @@ def open_job(
         "job_id": job_id, "account_id": account_id, "key_id": key_id, "kind": kind,
         "request": _json_or_null(request), "session_id": session_id, "hold": micros(hold),
         "byok": _json_or_null(byok), "now": datetime.now(UTC), "guarded": guarded,
+        "queue": queue,
     })
     assert row is not None  # a bare SELECT: always one row
     plain, held = row

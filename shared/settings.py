@@ -50,6 +50,13 @@ class Settings:
     # flight, a worker's running jobs; then a worker hands the rest back to the queue.
     # 20 leaves a stop's own few seconds inside Kubernetes' default 30 s grace period.
     drain_s: float = 20.0
+    # The reconciler (workers/reconciler.py): seconds between passes; how long a job may
+    # be queued, or running without a lease, before a missing delivery counts as lost;
+    # and how long a job of each queue may take in all before it is ended as failed.
+    reconcile_s: float = 5.0
+    reconcile_grace_s: float = 15.0
+    job_deadline_s: float = 3600.0
+    batch_job_deadline_s: float = 86400.0
     # Rate limits: every limit is multiplied by the scale; `rate_limits` overrides single
     # limits ("chat=90,ip.free=120"); X-Forwarded-For is trusted through this many proxies.
     rate_limit_scale: float = 1.0
@@ -89,6 +96,10 @@ def from_env() -> Settings:
         worker_concurrency=int(os.environ.get("CHORUS_WORKER_CONCURRENCY") or 200),
         broker_visibility_timeout_s=int(os.environ.get("CHORUS_BROKER_VISIBILITY_TIMEOUT") or 300),
         drain_s=_env_float("CHORUS_DRAIN_S", 20.0),
+        reconcile_s=_env_float("CHORUS_RECONCILE_S", 5.0),
+        reconcile_grace_s=_env_float("CHORUS_RECONCILE_GRACE_S", 15.0),
+        job_deadline_s=_env_float("CHORUS_JOB_DEADLINE_S", 3600.0),
+        batch_job_deadline_s=_env_float("CHORUS_BATCH_JOB_DEADLINE_S", 86400.0),
         rate_limit_scale=_env_float("CHORUS_RATE_LIMIT_SCALE", 1.0),
         rate_limits=os.environ.get("CHORUS_RATE_LIMITS", ""),
         trusted_proxies=int(os.environ.get("CHORUS_TRUSTED_PROXIES") or 0),

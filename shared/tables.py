@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -26,6 +27,7 @@ from shared.credits import Credits
 
 # Whole micro-credits in the database, Decimal credits in Python (see shared.credits).
 CREDITS = Credits()
+_OPEN = text("status IN ('queued', 'running')")
 
 
 def utcnow() -> datetime:
@@ -96,13 +98,20 @@ class LedgerEntry(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_account_created", "account_id", "created_at"),
+        # The jobs not yet ended, for the reconciler (workers/reconciler.py).
+        Index("ix_jobs_open", "created_at", postgresql_where=_OPEN, sqlite_where=_OPEN),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    # The broker queue its task goes to (interactive or batch): where a lost one goes back.
+    queue: Mapped[str] = mapped_column(String(16), default="interactive",
+                                       server_default="interactive")
     # None for zero-retention accounts: the request then lives only in Redis, briefly.
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

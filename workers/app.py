@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import gevent
 from celery import Celery, signals
 
 from shared import loglines, readiness
@@ -15,6 +16,7 @@ from workers.results import backend_url
 from workers.runtime import get_runtime
 
 QUEUES = ("interactive", "batch")
+log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -58,6 +60,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
                 "schedule": settings.health_interval_s,
                 "options": {"queue": "interactive", "expires": settings.health_interval_s},
             },
+            # On the interactive queue: a batch queue thousands deep would hold it back.
+            "reconcile": {
+                "task": "chorus.reconcile",
+                "schedule": settings.reconcile_s,
+                "options": {"queue": "interactive", "expires": settings.reconcile_s},
+            },
         },
     )
     return app
@@ -72,6 +80,27 @@ def escape_caller_text(logger: logging.Logger, **_: Any) -> None:
         loglines.guard(handler)
 
 
+def reconcile_at_start(app: Celery) -> None:
+    """A worker that starts (after a crash, say) reconciles at once rather than at the
+    next beat: a pass, and another once the first's findings can be confirmed."""
+
+    @signals.worker_ready.connect(weak=False)
+    def _start(sender: Any = None, **_: Any) -> None:
+        from workers.reconciler import CONFIRM_S, run_pass
+        from workers.runtime import get_runtime
+
+        def twice() -> None:
+            for pause in (0.0, CONFIRM_S + 0.5):
+                gevent.sleep(pause)
+                try:
+                    run_pass(get_runtime(), app)
+                except Exception:  # the beat's passes carry on
+                    log.warning("reconciling at the worker's start failed", exc_info=True)
+
+        gevent.spawn(twice)
+
+
 celery = make_celery()
 requeue.install(celery, get_settings().broker_visibility_timeout_s)
 drain.install(lambda: get_runtime().drain)
+reconcile_at_start(celery)

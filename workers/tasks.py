@@ -12,6 +12,7 @@ from workers.app import celery
 from workers.health import probe_all
 from workers.jobs import give_up, run_job
 from workers.lease import REFRESH_S, JobBusy
+from workers.reconciler import run_pass
 from workers.runtime import get_runtime
 
 # Redis or the database failing under a job must not lose it: try again with backoff, and
@@ -41,3 +42,8 @@ def run_job_task(self: Task, job_id: str) -> None:
 @celery.task(name="chorus.health_probe", ignore_result=True)
 def health_probe_task() -> None:
     probe_all(get_runtime())
+
+
+@celery.task(name="chorus.reconcile", ignore_result=True)
+def reconcile_task() -> None:
+    run_pass(get_runtime(), celery)
