@@ -60,6 +60,12 @@ class QoS(kombu_redis.QoS):
         self._recorded(delivery_tag)
         super().reject(delivery_tag, requeue)
 
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Nothing: kombu would restore every delivery past the visibility timeout from
+        its polling loop, a live long job's too. ``workers.requeue`` restores a delivery
+        once its lease shows its worker dead, and a task without a lease after the
+        timeout."""
+
     def restore_unacked(self, client: Any = None) -> None:
         for tag in list(self._recording):
             self._recorded(tag)
