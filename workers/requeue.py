@@ -6,11 +6,12 @@ visibility timeout (minutes) has passed: a killed worker's chat would freeze tha
 Every job and pipeline step holds a lease while it runs (``workers.lease``), so a sweep
 can tell a dead worker's delivery from a live one at once: one that has been out longer
 than ``GRACE_S`` and whose lease is not held, on two looks ``CONFIRM_S`` apart (a task
-gives its lease back a moment before its acknowledgement, and a Redis restart empties
-leases for as long as their keepers take to write them again), is restored, and the
-worker that takes it takes the job over. A delivery due later (a retry's countdown) is
-not dead before it is due. Tasks that take no lease (chord bodies, health probes) are
-restored after the visibility timeout, as kombu would.
+gives its lease back a moment before its acknowledgement), is restored, and the worker
+that takes it takes the job over. After Redis failed under a worker, what it sees counts
+only ``BLIND_S`` later: a Redis restarted from its files comes back without the leases
+that expired while it was down, until their live owners write them again. A delivery
+due later (a retry's countdown) is not dead before it is due. Tasks that take no lease
+(chord bodies, health probes) are restored after the visibility timeout, as kombu would.
 
 Every live worker sweeps; a lock that expires on its own (never released) lets one of
 them sweep per ``SWEEP_S``, so a sweeper killed mid-sweep holds nobody up. The restore is
@@ -40,9 +41,12 @@ log = logging.getLogger(__name__)
 SWEEP_S = 1.0
 # A delivery younger than this may not have taken its lease yet.
 GRACE_S = float(LEASE_S)
-# Longer than a lease keeper's retry after a failed refresh (``lease.RETRY_S``) and than
-# the moment between a task giving its lease back and its acknowledgement.
+# Longer than the moment between a task giving its lease back and its acknowledgement.
 CONFIRM_S = 2.0
+# After Redis failed under a sweep: a Redis restarted from its files has dropped the leases
+# that expired while it was down, and their keepers (retrying with the client's backoff)
+# take a few seconds to write them again. Nothing seen lease-less counts until then.
+BLIND_S = float(LEASE_S)
 LOCK_KEY = "chorus:requeue:lock"
 # Deliveries seen without their lease, with when they were first seen so: sweeps run in
 # turn on different workers, so what one saw lives in the broker's Redis for the next.
@@ -68,6 +72,14 @@ class Sweeper:
         # Parsed records by tag: a delivery's record never changes, and a long job's is
         # looked at every sweep.
         self._known: dict[str, Delivery] = {}
+        # A delivery seen lease-less is suspected from this time at the earliest.
+        self._trust_from = 0.0
+
+    def blind(self, now: float | None = None) -> None:
+        """Redis failed under this worker: restore no leased delivery on what was seen
+        before ``BLIND_S`` from now, while the live owners' keepers write their leases
+        again."""
+        self._trust_from = (time.time() if now is None else now) + BLIND_S
 
     def take_turn(self) -> bool:
         """Whether this worker sweeps now: one sweep per ``SWEEP_S`` among all of them."""
@@ -101,8 +113,9 @@ class Sweeper:
             elif now >= due + GRACE_S:
                 leased[tag] = d.lease
         lapsed = self._lapsed(leased)
-        done.dead = [t for t in lapsed if suspects.get(t, now) <= now - CONFIRM_S]
-        waiting = {t: suspects.get(t, now) for t in lapsed if t not in done.dead}
+        first = {t: max(suspects.get(t, now), min(self._trust_from, now)) for t in lapsed}
+        done.dead = [t for t in lapsed if first[t] <= now - CONFIRM_S]
+        waiting = {t: first[t] for t in lapsed if t not in done.dead}
         if waiting or suspects:
             with broker.pipeline(transaction=False) as pipe:
                 pipe.delete(SUSPECTS_KEY)
@@ -155,6 +168,8 @@ def _sweep_forever(app: Celery, leases: redis.Redis, visibility_timeout_s: float
                 sweeper.sweep()
         except Exception:  # a broker hiccup must not end the sweeper
             log.warning("sweeping unacknowledged deliveries failed", exc_info=True)
+            if sweeper is not None:
+                sweeper.blind()
 
 
 def install(app: Celery, visibility_timeout_s: float) -> None:

@@ -19,7 +19,7 @@ from shared.settings import Settings
 from workers.app import make_celery
 from workers.broker import TRANSPORT
 from workers.lease import lease_key
-from workers.requeue import CONFIRM_S, GRACE_S, SUSPECTS_KEY, Sweeper
+from workers.requeue import BLIND_S, CONFIRM_S, GRACE_S, SUSPECTS_KEY, Sweeper
 
 QUEUE = "requeue-test"
 VISIBILITY_S = 300.0
@@ -110,6 +110,18 @@ def test_a_lease_back_between_the_looks_clears_the_suspicion(broker: Broker) -> 
     # Lapsed again: a new suspicion, from this look on.
     assert broker.sweeper.sweep(now + 2 * CONFIRM_S).dead == []
     assert broker.sweeper.sweep(now + 3 * CONFIRM_S).dead == [tag]
+
+
+def test_after_a_redis_failure_nothing_seen_before_counts(broker: Broker) -> None:
+    """Redis came back from its files without the leases that expired while it was down;
+    live owners write theirs again within seconds, so the sweep looks again later."""
+    tag = broker.deliver("chorus.run_job", [str(uuid.uuid4())])
+    now = time.time() + GRACE_S + 1
+    broker.sweeper.sweep(now)  # a suspect from before the failure
+    broker.sweeper.blind(now + 1)
+    for at in (now + CONFIRM_S, now + 1 + BLIND_S, now + 1 + BLIND_S + CONFIRM_S / 2):
+        assert broker.sweeper.sweep(at).dead == []
+    assert broker.sweeper.sweep(now + 1 + BLIND_S + CONFIRM_S).dead == [tag]
 
 
 def test_a_step_is_judged_by_its_own_lease(broker: Broker) -> None:
