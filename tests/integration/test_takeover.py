@@ -5,14 +5,17 @@ worker's long job is never handed to a second one."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,9 +23,11 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from shared import events
 from shared.db import session_scope
 from shared.tables import Job, LedgerEntry
 from tests.integration.test_compare import UPSTREAM, side_stack
+from tests.procs import free_port, start, stop
 from tests.sse import iter_sse
 from tests.stack import Stack
 from workers.lease import lease_key, step_lease
@@ -229,3 +234,89 @@ def test_a_live_long_job_is_never_handed_to_another_worker(workers: Stack,
     assert calls(mock) == {"gpt-5-mini": 2, "deepseek-chat": 1}  # one each, no second run
     assert received(workers, "chorus.run_job") - jobs_before == 2
     assert received(workers, "chorus.model_call") - steps_before == 2
+
+
+class RedisServer:
+    """A Redis of the test's own, which it may kill and start again: an append-only file
+    written at every command, so a restart brings back what was there (expired keys
+    stay expired)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = start(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.data), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", ""], dict(os.environ), self.data / "redis.log", module=False)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, (self.data / "redis.log").read_text()
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        stop(self.proc, signal.SIGKILL)
+        self.proc = None
+
+
+@pytest.fixture
+def restartable(stack: Stack, tmp_path: Path) -> Iterator[tuple[Stack, RedisServer]]:
+    """An API and two workers on a Redis of their own (events, leases and broker)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    env = {**stack.env, "CHORUS_REDIS_URL": server.url, "CHORUS_BROKER_URL": server.url}
+    s = Stack(url="", mock_url=stack.mock_url, database_url=stack.database_url,
+              redis_url=server.url, env=env, logs=tmp_path)
+    try:
+        for name in WORKERS:
+            s.start_worker(name)
+        s.url = s.start_api()
+        yield s, server
+    finally:
+        s.shutdown()
+        if server.proc is not None:
+            server.kill()
+
+
+def test_a_redis_restart_hands_no_live_job_to_a_second_worker(
+        restartable: tuple[Stack, RedisServer], mock: httpx.Client) -> None:
+    """Redis down longer than a lease: it comes back with the job's delivery still out
+    and its lease expired. The live worker's keeper writes the lease again before the
+    sweep's second look, so the job is not run twice."""
+    s, server = restartable
+    mock.post("/_mock/config", json={"model": "gpt-5-mini", "ttft_ms": 20, "token_ms": 600,
+                                     "tokens": 50})
+    key = s.create_key(credits=100)
+    out = Reading()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(read, s, key, "/api/v1/chat",
+                    {"model": "gpt-5-mini", "messages": MSG, "keep_running": True}, out)
+        out.started.wait(10)
+        out.wait_for(lambda e: e.get("event") == "chunk")
+        client = redis.Redis.from_url(server.url)
+        lapses_at = time.monotonic() + client.pttl(lease_key(out.job_id)) / 1000
+        server.kill()
+        while time.monotonic() < lapses_at + 1:  # the lease expires while Redis is down
+            time.sleep(0.1)
+        server.start()
+        assert not client.exists(lease_key(out.job_id))
+        assert client.hlen("unacked") == 1  # the job's delivery, still out
+        deadline = time.monotonic() + 60
+        while (job := settled(s, out.job_id)[0]).status not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, "the job never ended"
+            time.sleep(0.2)
+    assert job.status == "succeeded"
+    assert calls(mock) == {"gpt-5-mini": 1}
+    replay = [json.loads(e) for e in client.lrange(events.events_key(out.job_id), 0, -1)]
+    assert [e for e in replay if e.get("event") == "retry"] == []
+    assert [e["event"] for e in replay if e.get("final")] == ["done"]
+    assert [k for k, _ in settled(s, out.job_id)[1]] == ["reserve", "settle"]
