@@ -18,8 +18,9 @@ import redis
 
 LEASE_S = 15
 REFRESH_S = 5
-# After a failed refresh (Redis restarting), try again this soon: a lease missing for
-# longer than the sweep's confirmation would hand a live job to a second worker.
+# After a failed refresh (Redis restarting), try again this soon: a restarted Redis may
+# have dropped the lease, and the sweep (``requeue.BLIND_S``) gives it only so long to
+# come back before it hands the job to another worker.
 RETRY_S = 0.5
 _OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
