@@ -148,11 +148,12 @@ def test_a_killed_workers_chat_is_taken_over_within_the_lease(
         _, killed_at = kill_owner(workers, out.job_id)
         reader.result(timeout=TAKEOVER_LIMIT_S + 30)
     took = out.final_at - killed_at
-    print(f"\nchat taken over: final event {took:.1f} s after the SIGKILL")
     kinds = [e.get("event") for e in out.events]
     assert kinds.count("retry") == 1
     retry = kinds.index("retry")
     assert out.arrived[retry] > killed_at
+    print(f"\nchat taken over: retry {out.arrived[retry] - killed_at:.1f} s, final event "
+          f"{took:.1f} s after the SIGKILL")
     final = out.events[-1]
     assert final["status"] == "succeeded"
     assert deltas_after_last_retry(out.events, "gpt-5-mini") == final["full_content"]
@@ -185,8 +186,10 @@ def test_a_killed_workers_compare_step_is_rerun_alone(workers: Stack,
         _, killed_at = kill_owner(workers, step_lease(out.job_id, f"M:{slow}"))
         reader.result(timeout=TAKEOVER_LIMIT_S + 30)
     took = out.final_at - killed_at
-    print(f"\ncompare step taken over: final event {took:.1f} s after the SIGKILL")
     retries = [e for e in out.events if e.get("event") == "retry"]
+    retry_at = out.arrived[out.events.index(retries[0])] if retries else float("nan")
+    print(f"\ncompare step taken over: retry {retry_at - killed_at:.1f} s, final event "
+          f"{took:.1f} s after the SIGKILL")
     assert retries == [{"event": "retry", "model": slow, "role": "candidate",
                         "reason": "worker lost"}]
     final = out.events[-1]
