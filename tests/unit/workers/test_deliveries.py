@@ -100,3 +100,18 @@ def test_tasks_without_a_lease_map_to_none(producer: Celery, take: Take) -> None
 def test_an_unreadable_record_takes_no_lease(record: bytes) -> None:
     d = parse("tag", record)
     assert (d.tag, d.lease) == ("tag", None)
+
+
+def test_an_untested_major_version_of_kombu_fails_at_import(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import kombu
+
+    from workers import deliveries
+
+    monkeypatch.setattr(kombu, "VERSION", kombu.VERSION._replace(major=6))
+    with pytest.raises(ImportError, match=r"kombu 5\.x"):
+        importlib.reload(deliveries)
+    monkeypatch.undo()
+    importlib.reload(deliveries)
