@@ -32,9 +32,9 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready
 
+from shared.settings import get_settings
 from workers.deliveries import Delivery, parse
 from workers.lease import LEASE_S
-from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -180,4 +180,6 @@ def install(app: Celery, visibility_timeout_s: float) -> None:
 
     @worker_ready.connect(weak=False)
     def _start(sender: Any = None, **_: Any) -> None:
-        gevent.spawn(_sweep_forever, app, get_runtime().redis, visibility_timeout_s)
+        # A client of its own for the leases: one connection, a sweep a second at most.
+        leases = redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2)
+        gevent.spawn(_sweep_forever, app, leases, visibility_timeout_s)
