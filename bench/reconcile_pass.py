@@ -66,7 +66,7 @@ def main() -> None:
     try:
         upgrade(db_url)
         from workers.app import make_celery
-        from workers.deliveries import held
+        from workers.messages import held
         from workers.reconciler import QUEUES, look, open_jobs, run_pass
         from workers.runtime import Runtime
 

@@ -34,8 +34,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_default_queue="interactive",
         task_create_missing_queues=True,
         # A task is acknowledged when it ends, so a killed worker's job is redelivered
-        # after the visibility timeout; a live worker's job is protected from that second
-        # delivery by its lease (workers/lease.py), and settlement is idempotent by job id.
+        # once its lease lapses (workers/requeue.py); a live worker's job is protected
+        # from a second delivery by its lease, and settlement is idempotent by job id.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

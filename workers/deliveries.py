@@ -1,96 +1,102 @@
-"""Which jobs the broker still holds a message for: queued, or taken and not acknowledged.
+"""What a broker delivery waiting for its acknowledgement is: its task, the lease that
+shows its worker alive, and when it is due.
 
-Read from kombu's Redis transport as it stores them: a list per queue (and priority), and
-the ``unacked`` hash of deliveries taken by a worker and not yet acknowledged. A job's
-messages name it in their headers: a ``chorus.run_job`` task's id is the job's id (see
-``api.submit.enqueue``), the tasks its pipeline sends carry it as their root id, and
-every ``chorus.model_call`` shows it in its ``argsrepr``. Reading is in bounded chunks, so
-no single reply is large; a message moving between a list and the hash while they are
-read can be missed, which the reconciler allows for (it acts only on what two passes,
-seconds apart, agree on).
+Reads the records kombu's Redis transport keeps of unacknowledged deliveries (the
+``unacked`` hash: ``[message, exchange, routing_key]``) and Celery's task message
+(protocol 2: ``task`` and ``eta`` in the headers, ``[args, kwargs, embed]`` as the JSON
+body). Tested with kombu 5.7.0 and celery 5.7.0; another major version of either may
+change these formats, so importing this module then fails.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
-import re
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from celery import Celery
+import celery
+import kombu
 
-CHUNK = 1000
-ID_LEN = 36
-# Where kombu's JSON puts the headers that name a job: three finds and slices a message,
-# ten times faster than a regular expression over all of it (10,000 messages: 24 ms).
-_HEADERS = b'"headers": {'
-_NAMING = ((b'"id": "', 0), (b'"root_id": "', 0), (b'"argsrepr": "', 2))  # 2: past "('"
-# A chord's body names the job after the results it carries (argsrepr is cut short): one
-# sent within a task whose root is not the job (one enqueued before task ids were job
-# ids) is found in its arguments.
-_BODIES = b'"task": "chorus.pipeline_'
-_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+from workers.lease import lease_key, step_lease
 
+TESTED_MAJOR = {"kombu": 5, "celery": 5}
+if (kombu.VERSION.major, celery.VERSION.major) != (TESTED_MAJOR["kombu"],
+                                                   TESTED_MAJOR["celery"]):
+    raise ImportError(
+        f"workers.deliveries reads the records of kombu {TESTED_MAJOR['kombu']}.x and the "
+        f"messages of celery {TESTED_MAJOR['celery']}.x; found kombu {kombu.__version__}, "
+        f"celery {celery.__version__}: check the formats, then update TESTED_MAJOR")
 
-def _named(raw: bytes, wanted: set[bytes], into: set[bytes]) -> None:
-    start = raw.find(_HEADERS)
-    hit = False
-    for marker, skip in _NAMING:
-        at = raw.find(marker, start)
-        if at < 0:
-            start = -1  # not the layout expected: search it whole
-            break
-        at += len(marker) + skip
-        name = raw[at:at + ID_LEN]
-        if name in wanted:
-            into.add(name)
-            hit = True
-    if start < 0:
-        into.update(found for found in _UUID.findall(raw) if found in wanted)
-    elif not hit and raw.find(_BODIES) >= 0:
-        _in_arguments(raw, wanted, into)
+RUN_JOB = "chorus.run_job"
+MODEL_CALL = "chorus.model_call"
 
 
-def _in_arguments(raw: bytes, wanted: set[bytes], into: set[bytes]) -> None:
+@dataclass(frozen=True)
+class Delivery:
+    tag: str
+    task: str
+    # The Redis key its task holds while it runs; None for a task that takes no lease
+    # (a chord body, a health probe): only the visibility timeout tells it dead.
+    lease: str | None
+    eta: float | None  # epoch seconds: a retry's countdown; no worker runs it before
+
+
+def _run_job_lease(args: list[Any], kwargs: dict[str, Any]) -> str:
+    job_id = args[0] if args else kwargs["job_id"]
+    return lease_key(str(job_id))
+
+
+def _model_call_lease(args: list[Any], kwargs: dict[str, Any]) -> str:
+    job_id = args[0] if args else kwargs["job_id"]
+    step = args[1] if len(args) > 1 else kwargs["step"]
+    return lease_key(step_lease(str(job_id), str(step["key"])))
+
+
+# Each leased task's lease, from its arguments: as ``run_job`` and ``run_step`` name it.
+LEASES: dict[str, Callable[[list[Any], dict[str, Any]], str]] = {
+    RUN_JOB: _run_job_lease,
+    MODEL_CALL: _model_call_lease,
+}
+
+
+def parse(tag: str, record: bytes | str) -> Delivery:
+    """The delivery ``tag`` from its record; a record it cannot read takes no lease (the
+    visibility timeout stays its fallback), never an exception."""
     try:
-        message = json.loads(raw)
-        args = json.loads(base64.b64decode(message["body"]))[0]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return
-    into.update(a.encode() for a in args if isinstance(a, str) and a.encode() in wanted)
+        message = json.loads(record)[0]
+        headers = message.get("headers") or {}
+        task = str(headers.get("task") or "")
+    except (ValueError, TypeError, LookupError, AttributeError):
+        return Delivery(tag, "", None, None)
+    eta = _eta(headers.get("eta"))
+    lease_of = LEASES.get(task)
+    if lease_of is None:
+        return Delivery(tag, task, None, eta)
+    try:
+        args, kwargs = _arguments(message)
+        return Delivery(tag, task, lease_of(args, kwargs), eta)
+    except (ValueError, TypeError, LookupError, binascii.Error):
+        return Delivery(tag, task, None, eta)
 
 
-def _queue_keys(channel: Any, queues: Iterable[str]) -> list[str]:
-    return [channel._q_for_pri(q, pri) for q in queues for pri in channel.priority_steps]
+def _arguments(message: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    body = message["body"]
+    if (message.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs = json.loads(body)[:2]
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise TypeError("not a protocol 2 task body")
+    return args, kwargs
 
 
-def held(app: Celery, queues: Iterable[str], job_ids: Iterable[str],
-         chunk: int = CHUNK) -> set[str]:
-    """The ids among ``job_ids`` that some message in ``queues`` or in the unacknowledged
-    deliveries names. Queues are read before the unacknowledged hash: a message taken
-    meanwhile moves from the first to the second and is still seen."""
-    wanted = {j.encode() for j in job_ids}
-    found: set[bytes] = set()
-    if not wanted:
-        return set()
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        client = channel.client
-        for key in _queue_keys(channel, queues):
-            start = 0
-            while True:
-                batch = client.lrange(key, start, start + chunk - 1)
-                for raw in batch:
-                    _named(raw, wanted, found)
-                if len(batch) < chunk:
-                    break
-                start += chunk
-        cursor = 0
-        while True:
-            cursor, page = client.hscan(channel.unacked_key, cursor, count=chunk)
-            for raw in page.values():
-                _named(raw, wanted, found)
-            if not cursor:
-                break
-    return {f.decode() for f in found}
+def _eta(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None

@@ -32,7 +32,7 @@ from workers.app import celery
 from workers.breaking import acquire, breaker_for, report, skipped
 from workers.calls import CallResult, JobContext, run_model_call
 from workers.jobs import FINAL, JobSpec, Outcome, finish, job_context
-from workers.lease import REFRESH_S, JobBusy, Lease
+from workers.lease import REFRESH_S, JobBusy, Lease, step_lease
 from workers.providers.base import ChatCall
 from workers.runtime import Runtime, get_runtime
 from workers.stages import (
@@ -122,25 +122,34 @@ def run_step(job_id: str, raw: dict[str, Any], rt: Runtime | None = None) -> Rec
     """
     rt = rt or get_runtime()
     step = Step.from_json(raw)
-    lease = Lease(rt.redis, f"{job_id}:{step.key}")
+    lease = Lease(rt.redis, step_lease(job_id, step.key))
     # One round trip for the lease, the request, this step's record if it already ran,
-    # the quoted answers and the cancel flag.
+    # the quoted answers, the cancel flag and the count of runs that got this far.
     with rt.redis.pipeline(transaction=False) as pipe:
         lease.queue_acquire(pipe)
         pipe.hmget(state_key(job_id),
                    ["spec", f"call:{step.key}", *(f"call:{k}" for k in step.quoted)])
         pipe.exists(cancel_key(job_id))
-        taken, values, cancelled = pipe.execute()
+        pipe.eval(_COUNT_RUN, 1, state_key(job_id), f"runs:{step.key}")
+        taken, values, cancelled, runs = pipe.execute()
     if not lease.acquired(taken):
         raise JobBusy(f"{job_id}:{step.key}")
     try:
-        return _run_leased_step(job_id, step, rt, values, bool(cancelled), lease)
+        return _run_leased_step(job_id, step, rt, values, bool(cancelled), lease,
+                                rerun=int(runs) > 1)
     finally:
         lease.release()
 
 
+# Counted in a live pipeline only, as ``_STORE`` stores: a late copy must not recreate it.
+_COUNT_RUN = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
+              "return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end return 0")
+
+
 def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
-                     cancelled: bool, lease: Lease) -> Record:
+                     cancelled: bool, lease: Lease, *, rerun: bool = False) -> Record:
+    """``rerun``: an earlier delivery of this step got as far as this one and left no
+    record (its worker died), so its partial answer may be on the client's screen."""
     tags = {"role": step.role, "layer": step.layer, **step.tags}
     try:
         if values[0] is None:
@@ -162,6 +171,11 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
             call = BUILDERS[step.prompt](spec.body, step, quoted, model)
             if step.temperature is not None:
                 call = dataclasses.replace(call, temperature=step.temperature)
+            if rerun:
+                # As the chunks tag this call, so a client drops its text from before.
+                shown = {k: v for k, v in tags.items() if v is not None}
+                ctx.publish({"event": "retry", "model": model.id, **shown,
+                             "reason": "worker lost"})
             res = _guarded_call(ctx, model, call, step, tags)
         record: Record = {**res.to_record(), **tags, "key": step.key}
     except Exception as exc:  # a broken step is an answer that did not arrive, not a crash

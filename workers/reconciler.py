@@ -38,8 +38,8 @@ from shared import events
 from shared.db import session_scope
 from shared.settings import Settings
 from shared.tables import Job, as_utc
-from workers.deliveries import CHUNK, held
 from workers.jobs import JobSpec, Outcome, finish
+from workers.messages import CHUNK, held
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
