@@ -48,8 +48,9 @@ class Drain:
         """Run a task's body as one that may be handed back at the drain deadline:
         ``flush`` writes its pending events before its message goes back to the queue
         (none of them may land after the next worker's ``retry``)."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            # Started past the deadline (a retry's countdown ran out): straight back.
+        if self.deadline is not None:
+            # Delivered after SIGTERM (a fetch already under way when it came, or a
+            # retry's countdown that ran out): straight back, for a worker that stays.
             raise Reject("worker draining", requeue=True)
         me = gevent.getcurrent()
         self._running[me] = name

@@ -332,23 +332,10 @@ def model_call_task(self: Task, job_id: str, step: dict[str, Any]) -> Record:
     rt = get_runtime()
     try:
         # Handed back to the queue if still running at a stopping worker's drain deadline.
-        with rt.drain.running(f"call {step.get('key')} of job {job_id}",
-                              lambda: _handing_back(rt, job_id, Step.from_json(step))):
+        with rt.drain.running(f"call {step.get('key')} of job {job_id}", rt.publisher.flush):
             return run_step(job_id, step, rt)
     except JobBusy as exc:
         raise self.retry(countdown=REFRESH_S, exc=exc) from exc
-
-
-def _handing_back(rt: Runtime, job_id: str, step: Step) -> None:
-    """A call stopped mid-answer starts over on another worker: its clients are told to
-    drop the partial answer, with the call's tags (unless the call had ended and stored
-    its record: the next run hands that on and streams nothing)."""
-    if not rt.redis.hexists(state_key(job_id), f"call:{step.key}"):
-        tags = {"role": step.role, "layer": step.layer, **step.tags}
-        rt.publisher.publish(job_id, {"event": "retry", "reason": "worker stopped",
-                                      "model": step.model,
-                                      **{k: v for k, v in tags.items() if v is not None}})
-    rt.publisher.flush()
 
 
 @celery.task(name="chorus.pipeline_next", ignore_result=True)
