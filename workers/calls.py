@@ -228,6 +228,11 @@ def run_model_call(
                 text = continuation.feed(text, delta.finish_reason is not None)
             if not text and not delta.tool_calls:
                 continue
+            arguments = sum(len(t.arguments) for t in delta.tool_calls) if delta.tool_calls else 0
+            going = meter.add(text, arguments)
+            if not going:
+                # Past what the job holds: only the part the hold covers goes out.
+                text = meter.trim(text)
             if res.ttft_ms is None:
                 res.ttft_ms = round(now_ms, 3)
             event: dict[str, Any] = {"event": "chunk", "model": model.id, **tags}
@@ -237,7 +242,6 @@ def run_model_call(
                 length += len(text)
                 if on_text is not None:
                     on_text(text)
-            arguments = 0
             if delta.tool_calls:
                 event["tool_calls"] = [
                     {"index": t.index, "id": t.id, "name": t.name, "arguments": t.arguments}
@@ -245,10 +249,10 @@ def run_model_call(
                 ]
                 for t in delta.tool_calls:
                     tools.add(t.index, t.id, t.name, t.arguments)
-                    arguments += len(t.arguments)
             event.update(done=False, latency_ms=round(now_ms, 3), content_length=length)
-            ctx.publish(event)
-            if guard.stopped or not meter.add(text, arguments):
+            if text or delta.tool_calls:
+                ctx.publish(event)
+            if guard.stopped or not going:
                 break
     except ProviderError as exc:
         res.error = exc

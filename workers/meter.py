@@ -71,6 +71,16 @@ class Meter:
             return True
         return self._act()
 
+    def trim(self, text: str) -> str:
+        """The head of the delta that ``add`` stopped on which fits what is held."""
+        over = self._units - self.allowed * BYTES_PER_TOKEN
+        if over <= 0:
+            return text
+        if text.isascii():
+            return text[: max(0, len(text) - over)]
+        raw = text.encode()
+        return raw[: max(0, len(raw) - over)].decode(errors="ignore")
+
     def _act(self) -> bool:
         if self.refused is not None:
             self.stopped = True
