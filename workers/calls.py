@@ -186,6 +186,7 @@ def run_model_call(
     on_text: Callable[[str], None] | None = None,
     extra_tags: Mapping[str, Any] | None = None,
     continuation: Continuation | None = None,
+    prompt_excess: int = 0,
 ) -> CallResult:
     """Stream one call, publishing a chunk event per delta and a final event with usage.
 
@@ -194,7 +195,8 @@ def run_model_call(
     With ``continuation`` the deltas extend its prefix: ``content_length`` counts on from
     it and ``full_content`` includes it. The job's hold grows with the answer
     (``workers.meter``); a call whose hold cannot grow stops with ``finish_reason:
-    "length"`` after a ``budget`` notice.
+    "length"`` after a ``budget`` notice. ``prompt_excess``: prompt tokens the job's hold
+    did not foresee for this call (quoted answers longer than planned), held first.
     """
     rt = ctx.runtime
     res = CallResult(model=model.id, provider=model.provider.name, role=role, layer=layer,
@@ -211,7 +213,8 @@ def run_model_call(
     tools = _ToolCalls()
     parts: list[str] = []
     length = len(res.prefix)
-    meter = Meter(ctx.job_id, model, call, charge=own_key is None)
+    meter = Meter(ctx.job_id, model, call, charge=own_key is None,
+                  prompt_excess=prompt_excess)
     start = time.perf_counter()
     guard = rt.stopper.watch(ctx.job_id)
     stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts,

@@ -40,7 +40,8 @@ UNAVAILABLE = "unavailable"
 class Meter:
     """One call's output against its allowance; ``add`` says whether the call may go on."""
 
-    def __init__(self, job_id: str, model: ModelSpec, call: ChatCall, *, charge: bool) -> None:
+    def __init__(self, job_id: str, model: ModelSpec, call: ChatCall, *, charge: bool,
+                 prompt_excess: int = 0) -> None:
         self.job_id = job_id
         self.model = model
         self.prompt_tokens = pricing.prompt_tokens(call.messages)
@@ -55,7 +56,22 @@ class Meter:
         self.stopped = False
         self._units = 0
         self._active = charge and self.allowed < self.cap
+        if charge and prompt_excess > 0:
+            self._hold_prompt(prompt_excess)
         self._next = self._threshold()
+
+    def _hold_prompt(self, excess: int) -> None:
+        """Hold the prompt tokens the plan did not foresee (earlier answers it quotes ran
+        longer than held); if the job cannot, the answer gets that much less room."""
+        credits = self.price(excess, self.model.input_per_mtok)
+        outcome = extend(self.job_id, credits)
+        if outcome == extension.OK:
+            self.extensions += 1
+            self.held += credits
+            return
+        self.refused, self._active = outcome, True
+        lost = (credits / self.price(1)).to_integral_value(rounding=ROUND_CEILING)
+        self.allowed = max(0, self.allowed - int(lost))
 
     def _threshold(self) -> int:
         """Bytes at which to act next: extend at three quarters, or stop at the end."""
@@ -99,9 +115,11 @@ class Meter:
         self._next = self._threshold()
         return self._units < self._next or self._act()
 
-    def price(self, tokens: int) -> Decimal:
-        """Output credits for ``tokens``, rounded up to the micro-credit the hold stores."""
-        exact = self.model.output_per_mtok * tokens / Decimal(1_000_000)
+    def price(self, tokens: int, per_mtok: Decimal | None = None) -> Decimal:
+        """Credits for ``tokens`` (output, unless ``per_mtok`` says), rounded up to the
+        micro-credit the hold stores."""
+        rate = self.model.output_per_mtok if per_mtok is None else per_mtok
+        exact = rate * tokens / Decimal(1_000_000)
         return exact.quantize(QUANTUM, rounding=ROUND_CEILING)
 
     def top_up(self, cost: Decimal) -> None:
@@ -115,6 +133,13 @@ class Meter:
     @property
     def _metered(self) -> bool:
         return self._active or self.extensions > 0
+
+
+def quoted_excess(texts: list[tuple[ModelSpec, str]], max_tokens: int | None) -> int:
+    """Prompt tokens by which quoted answers (model, text) exceed what the plan held for
+    them (``shared.plans`` quotes each answer at its expected length)."""
+    return sum(max(0, pricing.estimate_tokens(text) - pricing.expected_output(m, max_tokens))
+               for m, text in texts)
 
 
 def extend(job_id: str, credits: Decimal) -> str:

@@ -77,3 +77,19 @@ def test_a_cost_past_the_allowance_is_held_after_the_call(asked: list[Decimal]) 
     assert asked == []
     m.top_up(m.held + Decimal("0.25"))
     assert asked == [Decimal("0.25")]
+
+
+def test_quoted_answers_longer_than_planned_are_held_before_the_call(
+    asked: list[Decimal], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Planned at 512 tokens each: 4,000 bytes is 1,000 tokens, 488 more than planned.
+    assert meter.quoted_excess([(MODEL, "a" * 4000), (MODEL, "b" * 400)], None) == 488
+    assert meter.quoted_excess([(MODEL, "a" * 4000)], 2000) == 0  # max_tokens held it
+    m = meter.Meter("j", MODEL, ChatCall(messages=HI), charge=True, prompt_excess=488)
+    assert asked == [Decimal("0.122")]  # 488 tokens at 250 per 1M in
+    assert m.held == MODEL.cost(m.prompt_tokens, 512) + Decimal("0.122")
+    # Refused: the answer gets that much less room, and stops there.
+    monkeypatch.setattr(meter, "extend", lambda _job, _credits: extension.INSUFFICIENT)
+    m = meter.Meter("j", MODEL, ChatCall(messages=HI), charge=True, prompt_excess=40_000)
+    assert m.refused == extension.INSUFFICIENT and m.allowed == 0  # 10 credits: 5,000 out
+    assert not m.add("a")
