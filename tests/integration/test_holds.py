@@ -68,8 +68,8 @@ def exact(stack: Stack, acct: int, granted: Decimal) -> Decimal:
 def job_hold(stack: Stack, job_id: str) -> tuple[Decimal, Decimal, Decimal]:
     """(the reserve row's hold, the job's credits_reserved, what the settle released)."""
     with session_scope(stack.database_url) as s:
-        rows = dict(s.execute(select(LedgerEntry.kind, LedgerEntry.hold)
-                              .where(LedgerEntry.job_id == job_id)).tuples().all())
+        rows = {kind: hold for kind, hold in s.execute(
+            select(LedgerEntry.kind, LedgerEntry.hold).where(LedgerEntry.job_id == job_id))}
         job = s.get(Job, job_id)
         assert job is not None
         return Decimal(rows["reserve"]), job.credits_reserved, -Decimal(rows["settle"])
