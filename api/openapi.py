@@ -45,7 +45,7 @@ ERROR_TEXT = {
     400: "invalid body (`invalid_json`: not JSON), unknown field or model, or a control "
          "character in a path parameter or the query",
     401: "missing or invalid API key",
-    402: "not enough credits for the request's worst case",
+    402: "not enough credits (or budget room) for the request's hold",
     404: "not there, or not yours",
     413: "body too large",
     429: "rate limited; retry after `Retry-After` seconds",

@@ -4,7 +4,8 @@ A budget row counts what its subject has spent and holds. Reserving against it i
 conditional UPDATE (``spent + reserved + x <= cap``), in the same transaction as the
 wallet hold, so concurrent requests cannot overrun a cap any more than the wallet. The
 job's holds are recorded in ``budget_holds`` and settled with the wallet, by the steps
-of ``ledger.settling``.
+of ``ledger.settling``; a running job's extension (``shared.extension``) grows them with
+the wallet's hold, within each cap.
 
 Caps: a key's is ``api_keys.budget`` (set by the operator); a session's is its own
 ``limit_credits`` or else the account's ``session_budget``. Spending is counted from the

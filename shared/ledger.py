@@ -8,7 +8,10 @@ charges nothing. The accounts table refuses ``balance < reserved`` on its own.
 
 Rows per job: ``reserve`` (hold +h); at the end one ``settle`` (amount -c, hold -h: the
 charge is paid and the rest of the hold released; c = 0 for a job that never ran); later
-at most one ``refund`` (amount +r).
+at most one ``refund`` (amount +r). Rows are never deleted and only the ``reserve`` row
+changes: while the job runs, an extension (``shared.extension``) adds to its hold, in the
+statement that adds as much to the wallet's ``reserved`` and the job's
+``credits_reserved``; the settlement releases the hold as it then stands.
 """
 
 from __future__ import annotations
@@ -101,12 +104,13 @@ def holding(guard: str = "") -> tuple[steps.Step, ...]:
 
 def settling(charged: str) -> tuple[steps.Step, ...]:
     """The ``settle`` row (the charge paid, the whole hold released) from the ``reserve``
-    step and the step named ``charged`` (its ``credits_charged``), unless the job has one;
-    then the wallet and the job's budgets, from the row written (none: nothing)."""
+    step and the step named ``charged`` (its ``credits_charged`` and the ``hold`` to
+    release), unless the job has one; then the wallet and the job's budgets, from the row
+    written (none: nothing)."""
     return (
         steps.Step("settled", f"""
     INSERT INTO ledger (account_id, job_id, kind, amount, hold, note, created_at)
-    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -r.hold, '', :now
+    SELECT r.account_id, :job_id, 'settle', -e.credits_charged, -e.hold, '', :now
     FROM {{reserve}} r, {{{charged}}} e WHERE true
     ON CONFLICT DO NOTHING
     RETURNING account_id, amount, hold
@@ -134,8 +138,8 @@ CAPPED = "CASE WHEN r.hold < :price THEN r.hold ELSE :price END"
 NOW = bindparam("now", type_=DateTime(timezone=True))
 _RESERVE = steps.Write(holding(), answer="SELECT count(*) FROM {held}", binds=(NOW,))
 _CLOSE = steps.Write((RESERVED, steps.Step("charged", f"""
-    SELECT {CAPPED} AS credits_charged FROM {{reserve}} r
-""", ("credits_charged",)), *settling("charged")), answer="SELECT amount FROM {settled}",
+    SELECT {CAPPED} AS credits_charged, r.hold AS hold FROM {{reserve}} r
+""", ("credits_charged", "hold")), *settling("charged")), answer="SELECT amount FROM {settled}",
     binds=(NOW,))
 
 

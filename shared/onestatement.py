@@ -50,17 +50,22 @@ _OPEN = steps.Write(
 
 # The charge is the price capped at the job's hold (0 if it never held anything); it is
 # computed once, in ``ended``, and the settle row, the wallet and the budgets follow it
-# (``ledger.settling``, the steps of every settlement).
+# (``ledger.settling``, the steps of every settlement). The hold is read from the job's
+# own row, which ``ended`` locks: an extension (``shared.extension``) adds to that row
+# with the ledger's, so a close that waited for one releases what it added (the
+# ``reserve`` step reads the statement's snapshot, which may predate it), and an
+# extension that waited for the close finds the job ended and adds nothing.
 _CLOSE = steps.Write(
     steps=(
         ledger.RESERVED,
-        steps.Step("ended", f"""
+        steps.Step("ended", """
     UPDATE jobs SET status = :status, result = :result, error = :error,
         resolved_model = :resolved_model, finished_at = :now,
-        credits_charged = COALESCE((SELECT {ledger.CAPPED} FROM {{reserve}} r), 0)
+        credits_charged = CASE WHEN NOT EXISTS (SELECT 1 FROM {reserve}) THEN 0
+            WHEN credits_reserved < :price THEN credits_reserved ELSE :price END
     WHERE id = :job_id AND status NOT IN ('succeeded', 'failed', 'cancelled')
-    RETURNING account_id, credits_charged
-""", ("account_id", "credits_charged")),
+    RETURNING account_id, credits_charged, credits_reserved AS hold
+""", ("account_id", "credits_charged", "hold")),
         steps.Step("logged", """
     INSERT INTO request_log (job_id, account_id, model, provider, role, prompt_tokens,
         completion_tokens, ttft_ms, latency_ms, status, cost, error, created_at)

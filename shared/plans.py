@@ -1,4 +1,4 @@
-"""Worst-case call plans for blend and judge jobs (their pipelines have several stages).
+"""Call plans for blend and judge jobs (their pipelines have several stages).
 
 The plan must cover every call the worker's pipeline may make (``workers/blend.py``,
 ``workers/judge.py``), so the few choices both sides need (how many samples self_moa
@@ -36,8 +36,8 @@ def _estimate(text: str) -> int:
 
 
 def _quoted(calls: list[Any]) -> int:
-    """Prompt tokens of a prompt quoting every answer of ``calls`` at its longest."""
-    return TEMPLATE_TOKENS + sum(c.max_output + ANSWER_FRAME_TOKENS for c in calls)
+    """Prompt tokens of a prompt quoting every answer of ``calls`` at its held length."""
+    return TEMPLATE_TOKENS + sum(c.output_tokens + ANSWER_FRAME_TOKENS for c in calls)
 
 
 def plan_orchestration(
@@ -56,7 +56,7 @@ def _judge(body: dict[str, Any], registry: Registry, call: CallFactory) -> list[
     shown = _quoted(contestants) + _estimate(str(body.get("criteria") or ""))
     first = call(judge, extra_prompt=shown)
     # A malformed verdict is asked for again once, with the unusable reply quoted.
-    again = call(judge, extra_prompt=shown + first.max_output + TEMPLATE_TOKENS)
+    again = call(judge, extra_prompt=shown + first.output_tokens + TEMPLATE_TOKENS)
     return [*contestants, first, again]
 
 
@@ -78,8 +78,8 @@ def _blend(body: dict[str, Any], registry: Registry, call: CallFactory) -> list[
     if strategy == "chain":
         # Each step sees the running answer (a candidate's or the synthesiser's) and the
         # next candidate; n answers take n - 1 steps (one step when a single answer came).
-        widest = max(c.max_output for c in previous)
-        running = max(widest, call(synth).max_output)
+        widest = max(c.output_tokens for c in previous)
+        running = max(widest, call(synth).output_tokens)
         steps = max(1, len(models) - 1)
         extra = TEMPLATE_TOKENS + running + widest + 2 * ANSWER_FRAME_TOKENS
         out += [call(synth, extra_prompt=extra) for _ in range(steps)]

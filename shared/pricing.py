@@ -1,4 +1,11 @@
-"""Worst-case credit estimates made before a job runs, so the reservation covers it."""
+"""What a job is likely to cost, held before it runs; streaming calls extend the hold.
+
+A call is held for its prompt and ``max_tokens`` when the request gives it, else for
+the model's typical answer (``typical_output_tokens`` in the registry): a worst case
+(the model's whole output limit) is about a hundred times a usual answer and would
+refuse small wallets and session budgets. A call that outgrows its hold extends it as it
+streams (``workers.meter``), never past ``output_cap``.
+"""
 
 from __future__ import annotations
 
@@ -25,22 +32,32 @@ def estimate_tokens(text: str) -> int:
 class PlannedCall:
     model: ModelSpec
     prompt_tokens: int
-    max_output: int
+    # Output tokens held for the call: ``max_tokens`` if given, else the typical answer.
+    output_tokens: int
 
-    def worst_cost(self) -> Decimal:
-        return self.model.cost(self.prompt_tokens, self.max_output)
+    def held_cost(self) -> Decimal:
+        return self.model.cost(self.prompt_tokens, self.output_tokens)
 
 
 def output_cap(model: ModelSpec, max_tokens: int | None) -> int:
+    """The most a call may answer: ``max_tokens`` within the model's limit."""
     return min(max_tokens, model.max_output_tokens) if max_tokens else model.max_output_tokens
+
+
+def expected_output(model: ModelSpec, max_tokens: int | None) -> int:
+    """Output tokens held before a call runs: all of ``max_tokens`` when the request sets
+    it (the caller chose that bound), else the model's typical answer."""
+    if max_tokens:
+        return output_cap(model, max_tokens)
+    return min(model.typical_output_tokens, model.max_output_tokens)
 
 
 def reservation(
     kind: str, calls: list[PlannedCall], own_providers: Collection[str] = ()
 ) -> Decimal:
-    """Base credits plus the worst token cost of every call not made on the account's own key."""
+    """Base credits plus the held token cost of every call not made on the account's own key."""
     total = BASE_CREDITS.get(kind, Decimal(1)) + sum(
-        (c.worst_cost() for c in calls if c.model.provider.name not in own_providers), Decimal(0)
+        (c.held_cost() for c in calls if c.model.provider.name not in own_providers), Decimal(0)
     )
     return q(total)
 
@@ -66,7 +83,7 @@ def prompt_tokens(messages: list[dict[str, object]]) -> int:
 def plan_calls(
     kind: str, body: dict[str, object], registry: Registry, own_providers: Collection[str] = ()
 ) -> list[PlannedCall]:
-    """Every model call a job may make, at its worst case, from the validated body."""
+    """Every model call a job may make, with what it is held for, from the validated body."""
     messages = body["messages"]
     assert isinstance(messages, list)
     p_tokens = prompt_tokens(messages)
@@ -74,7 +91,7 @@ def plan_calls(
     assert max_tokens is None or isinstance(max_tokens, int)
 
     def call(model: ModelSpec, extra_prompt: int = 0) -> PlannedCall:
-        return PlannedCall(model, p_tokens + extra_prompt, output_cap(model, max_tokens))
+        return PlannedCall(model, p_tokens + extra_prompt, expected_output(model, max_tokens))
 
     if kind == "chat":
         model_id = body["model"]
@@ -87,7 +104,7 @@ def plan_calls(
         )
         calls = [call(primary)]
         # A fallback may be handed the partial answer of the call before it.
-        calls += [call(m, extra_prompt=calls[-1].max_output) for m in fallback]
+        calls += [call(m, extra_prompt=calls[-1].output_tokens) for m in fallback]
         return calls
     if kind == "compare":
         return [call(registry.get(m)) for m in body["models"]]  # type: ignore[attr-defined]

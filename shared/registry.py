@@ -43,6 +43,9 @@ class ModelSpec:
     context_window: int
     max_output_tokens: int
     capabilities: frozenset[str] = frozenset()
+    # What a usual answer runs to: a call without ``max_tokens`` is held for this many
+    # output tokens and extends its hold as it streams past it (``shared.pricing``).
+    typical_output_tokens: int = 512
     tags: frozenset[str] = frozenset()
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
@@ -119,6 +122,7 @@ def parse_registry(raw: dict[str, Any], env: dict[str, str] | None = None) -> Re
             context_window=int(m.get("context_window", 8192)),
             max_output_tokens=int(m.get("max_output_tokens", 4096)),
             capabilities=frozenset(m.get("capabilities", [])),
+            typical_output_tokens=_positive(model_id, m.get("typical_output_tokens", 512)),
             tags=frozenset(m.get("tags", [])),
         )
     return Registry(
@@ -127,6 +131,12 @@ def parse_registry(raw: dict[str, Any], env: dict[str, str] | None = None) -> Re
         defaults=dict(raw.get("defaults", {})),
         routing=dict(raw.get("routing", {})),
     )
+
+
+def _positive(model_id: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RegistryError(f"model {model_id!r}: typical_output_tokens must be a positive integer")
+    return value
 
 
 def load_registry(path: Path) -> Registry:

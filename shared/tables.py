@@ -78,7 +78,8 @@ class ApiKey(Base):
 
 
 class LedgerEntry(Base):
-    """Append-only. ``amount`` moves the balance, ``hold`` moves the reservation."""
+    """Append-only, but for a running job's ``reserve`` row, whose ``hold`` its extensions
+    grow. ``amount`` moves the balance, ``hold`` moves the reservation."""
 
     __tablename__ = "ledger"
     __table_args__ = (

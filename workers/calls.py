@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from shared.registry import ModelSpec
+from workers.meter import Meter
 from workers.providers.base import ChatCall, Usage, estimate_tokens, messages_text
 from workers.providers.client import stream_chat
 from workers.providers.errors import ProviderError
@@ -185,13 +186,17 @@ def run_model_call(
     on_text: Callable[[str], None] | None = None,
     extra_tags: Mapping[str, Any] | None = None,
     continuation: Continuation | None = None,
+    prompt_excess: int = 0,
 ) -> CallResult:
     """Stream one call, publishing a chunk event per delta and a final event with usage.
 
     Provider errors do not raise: they come back in ``CallResult.error`` (with what was
     produced before the failure) so pipelines and failover decide what happens next.
     With ``continuation`` the deltas extend its prefix: ``content_length`` counts on from
-    it and ``full_content`` includes it.
+    it and ``full_content`` includes it. The job's hold grows with the answer
+    (``workers.meter``); a call whose hold cannot grow stops with ``finish_reason:
+    "length"`` after a ``budget`` notice. ``prompt_excess``: prompt tokens the job's hold
+    did not foresee for this call (quoted answers longer than planned), held first.
     """
     rt = ctx.runtime
     res = CallResult(model=model.id, provider=model.provider.name, role=role, layer=layer,
@@ -208,6 +213,8 @@ def run_model_call(
     tools = _ToolCalls()
     parts: list[str] = []
     length = len(res.prefix)
+    meter = Meter(ctx.job_id, model, call, charge=own_key is None,
+                  prompt_excess=prompt_excess)
     start = time.perf_counter()
     guard = rt.stopper.watch(ctx.job_id)
     stream = stream_chat(rt.http, model, call, api_key=own_key, timeouts=rt.timeouts,
@@ -224,6 +231,11 @@ def run_model_call(
                 text = continuation.feed(text, delta.finish_reason is not None)
             if not text and not delta.tool_calls:
                 continue
+            arguments = sum(len(t.arguments) for t in delta.tool_calls) if delta.tool_calls else 0
+            going = meter.add(text, arguments)
+            if not going:
+                # Past what the job holds: only the part the hold covers goes out.
+                text = meter.trim(text)
             if res.ttft_ms is None:
                 res.ttft_ms = round(now_ms, 3)
             event: dict[str, Any] = {"event": "chunk", "model": model.id, **tags}
@@ -241,8 +253,9 @@ def run_model_call(
                 for t in delta.tool_calls:
                     tools.add(t.index, t.id, t.name, t.arguments)
             event.update(done=False, latency_ms=round(now_ms, 3), content_length=length)
-            ctx.publish(event)
-            if guard.stopped:
+            if text or delta.tool_calls:
+                ctx.publish(event)
+            if guard.stopped or not going:
                 break
     except ProviderError as exc:
         res.error = exc
@@ -256,7 +269,14 @@ def run_model_call(
     res.latency_ms = (time.perf_counter() - start) * 1000
     res.text = "".join(parts)
     res.tool_calls = tools.result()
+    if meter.stopped and not res.cancelled:
+        # Ended by the hold, not the provider: no usage came, what was produced is counted.
+        res.error, res.finish_reason, usage = None, "length", None
+        ctx.publish({"event": "budget", "model": model.id, **tags, "reason": meter.refused,
+                     "message": _STOPPED.get(meter.refused or "", _STOPPED[""]),
+                     "content_length": length})
     _account(res, model, call, usage, charge=own_key is None)
+    meter.top_up(res.cost)
     if res.error is not None:
         res.finish_reason = "error"
         if emit_error:
@@ -270,6 +290,13 @@ def run_model_call(
              "content_length": length, **res.summary()}
         )
     return res
+
+
+_STOPPED = {
+    "insufficient_credits": "the answer was stopped: the wallet cannot hold more credits",
+    "budget_exceeded": "the answer was stopped: a budget has no room for more credits",
+    "": "the answer was stopped: its credit hold could not be extended",
+}
 
 
 def _account(res: CallResult, model: ModelSpec, call: ChatCall, usage: Usage | None,

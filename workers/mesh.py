@@ -18,6 +18,7 @@ from typing import Any
 
 from shared.breaker import PROBE, Breaker, Ticket
 from shared.registry import ModelSpec
+from workers import meter
 from workers.breaking import BreakerOpen, acquire, failure_reason, report, skipped
 from workers.calls import CallResult, JobContext, run_model_call
 from workers.providers.base import ChatCall, estimate_tokens
@@ -143,6 +144,7 @@ def run_chain(
     run = MeshRun()
     consult = len(chain) > 1
     answer = ""
+    broken: ModelSpec | None = None
     start = time.perf_counter()
     for model in chain:
         if ctx.cancelled():
@@ -160,9 +162,11 @@ def run_chain(
             ctx.publish({"event": "route", "model": model.id, "status": "trying",
                          "reason": reason + (" (half-open probe)" if _is_probe(ticket) else "")})
         begun = time.perf_counter()
+        # The hold planned the partial answer at the failed call's expected length.
+        excess = meter.quoted_excess([(broken, answer)], call.max_tokens) if broken else 0
         res = run_model_call(
             ctx, model, continue_call(call, answer) if answer else call, emit_error=False,
-            continuation=RepeatGuard(answer) if answer else None,
+            continuation=RepeatGuard(answer) if answer else None, prompt_excess=excess,
         )
         run.calls.append(res)
         report(breaker, model.id, res, ticket)
@@ -177,6 +181,7 @@ def run_chain(
             break
         why = failure_reason(res.error, res.text)
         answer += res.text
+        broken = model
         run.attempts.append(Attempt(model.id, "failed", why, elapsed))
         if announce:
             ctx.publish({"event": "route", "model": model.id, "status": "failed",

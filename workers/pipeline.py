@@ -27,7 +27,7 @@ from shared.db import session_scope
 from shared.events import cancel_key
 from shared.registry import ModelSpec
 from shared.tables import Job
-from workers import pace
+from workers import meter, pace
 from workers.app import celery
 from workers.breaking import acquire, breaker_for, report, skipped
 from workers.calls import CallResult, JobContext, run_model_call
@@ -176,7 +176,8 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
                 shown = {k: v for k, v in tags.items() if v is not None}
                 ctx.publish({"event": "retry", "model": model.id, **shown,
                              "reason": "worker lost"})
-            res = _guarded_call(ctx, model, call, step, tags)
+            res = _guarded_call(ctx, model, call, step, tags,
+                                _excess(rt, spec.body, step, quoted))
         record: Record = {**res.to_record(), **tags, "key": step.key}
     except Exception as exc:  # a broken step is an answer that did not arrive, not a crash
         if isinstance(exc, StepError):
@@ -201,8 +202,18 @@ def _run_leased_step(job_id: str, step: Step, rt: Runtime, values: list[Any],
 SKIPPABLE = frozenset({"candidate", "contestant"})
 
 
+def _excess(rt: Runtime, body: dict[str, Any], step: Step, quoted: dict[str, Record]) -> int:
+    """Prompt tokens of the answers this step quotes beyond what the job's hold planned
+    for them (a chain step quotes its inputs and its last running answer)."""
+    running = [k for k in step.running if k in quoted and is_ok(quoted[k])][-1:]
+    used = [quoted[k] for k in [*step.inputs, *running] if k in quoted]
+    return meter.quoted_excess([(rt.registry.get(r["model"]), r.get("text") or "")
+                                for r in used if r.get("model") in rt.registry],
+                               body.get("max_tokens"))
+
+
 def _guarded_call(ctx: JobContext, model: ModelSpec, call: ChatCall, step: Step,
-                  tags: dict[str, Any]) -> CallResult:
+                  tags: dict[str, Any], prompt_excess: int = 0) -> CallResult:
     """The step's call, asking the model's shared breaker first and telling it after."""
     breaker = breaker_for(ctx.runtime)
     ticket = acquire(breaker, model.id) if step.role in SKIPPABLE else None
@@ -214,7 +225,7 @@ def _guarded_call(ctx: JobContext, model: ModelSpec, call: ChatCall, step: Step,
                      "error": res.error.describe(), "content_length": 0})
         return res
     res = run_model_call(ctx, model, call, role=step.role, layer=step.layer,
-                         extra_tags=step.tags)
+                         extra_tags=step.tags, prompt_excess=prompt_excess)
     report(breaker, model.id, res, ticket)
     return res
 

@@ -1,4 +1,4 @@
-"""Worst-case reservations cover every call a job may make."""
+"""Reservations cover every call a job may make: its prompt and its expected answer."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ REG = get_registry(PACKAGE_DIR / "models.toml")
 MSG = [{"role": "user", "content": "x" * 400}]
 
 
-def test_chat_reserves_base_plus_max_output() -> None:
+def test_chat_reserves_base_plus_max_tokens() -> None:
     calls = pricing.plan_calls("chat", {"model": "gpt-5.2", "messages": MSG,
                                         "max_tokens": 100}, REG)
-    assert len(calls) == 1 and calls[0].max_output == 100
+    assert len(calls) == 1 and calls[0].output_tokens == 100
     m = REG.get("gpt-5.2")
     expected = Decimal(1) + m.cost(calls[0].prompt_tokens, 100)
     assert pricing.reservation("chat", calls) == expected
@@ -42,3 +42,21 @@ def test_compare_reserves_every_model() -> None:
                                            "messages": MSG}, REG)
     assert [c.model.id for c in calls] == ["gpt-5.2", "gpt-5-mini", "gemini-3-flash"]
     assert pricing.reservation("compare", calls) > Decimal(3)
+
+
+def test_without_max_tokens_a_call_is_held_for_a_typical_answer() -> None:
+    """A "hi" to gpt-5.2 holds a few credits (its whole output limit was 164.85)."""
+    m = REG.get("gpt-5.2")
+    body = {"model": "gpt-5.2", "messages": [{"role": "user", "content": "hi"}]}
+    calls = pricing.plan_calls("chat", body, REG)
+    assert calls[0].output_tokens == m.typical_output_tokens == 512
+    hold = pricing.reservation("chat", calls)
+    assert hold == Decimal(1) + m.cost(calls[0].prompt_tokens, 512)
+    assert Decimal(5) < hold < Decimal(7)
+
+
+def test_expected_output_is_max_tokens_or_the_typical_answer_within_the_cap() -> None:
+    m = REG.get("gpt-5-mini")
+    assert pricing.expected_output(m, None) == m.typical_output_tokens
+    assert pricing.expected_output(m, 20) == 20
+    assert pricing.expected_output(m, 10**9) == m.max_output_tokens

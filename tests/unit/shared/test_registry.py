@@ -46,3 +46,13 @@ def test_default_registry_offers_realistic_ids_all_on_known_adapters() -> None:
     from workers.providers.registry import ADAPTERS
 
     assert {m.provider.adapter for m in reg.models.values()} <= set(ADAPTERS)
+
+
+def test_typical_output_defaults_to_512_and_must_be_a_positive_integer() -> None:
+    assert parse_registry(RAW, env={}).get("m").typical_output_tokens == 512
+    raw = {**RAW, "models": {"m": {**RAW["models"]["m"], "typical_output_tokens": 900}}}
+    assert parse_registry(raw, env={}).get("m").typical_output_tokens == 900
+    for bad in (0, -5, "600", 1.5, True):
+        raw = {**RAW, "models": {"m": {**RAW["models"]["m"], "typical_output_tokens": bad}}}
+        with pytest.raises(RegistryError, match="typical_output_tokens"):
+            parse_registry(raw, env={})
