@@ -98,8 +98,8 @@ def test_every_pin_is_hashed() -> None:
     ("redis>=8.0,<9", "redis==7.4.0 \\\n", "redis==7.4.0 is outside <9,>=8.0"),
     ("redis>=8.0,<9", "redis==9.0.0 \\\n", "redis==9.0.0 is outside <9,>=8.0"),
     ("httpcore>=1.0,<2", "httpx==0.28.1\n", "httpcore is not pinned"),
-    ("celery[redis]>=5.6,<6", "Celery==5.5.3 ; python_version >= '3.11'\n",
-     "celery==5.5.3 is outside <6,>=5.6"),
+    ("celery[redis]>=5.7,<6", "Celery==5.6.3 ; python_version >= '3.11'\n",
+     "celery==5.6.3 is outside <6,>=5.7"),
 ])
 def test_a_lock_out_of_step_is_named(requirement: str, lock: str, problem: str) -> None:
     assert out_of_step([requirement], read_pins(lock)) == [problem]
