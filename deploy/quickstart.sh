@@ -7,5 +7,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Exactly the locked runtime versions, hash-checked; then the project without dependencies.
+PIP=(.venv/bin/python -m pip --quiet --disable-pip-version-check)
+"${PIP[@]}" install --require-hashes -r requirements.lock
+"${PIP[@]}" install --no-deps -e .
 exec .venv/bin/chorus up "$@"

@@ -7,7 +7,12 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Exactly the locked versions, hash-checked; then the project itself, its dependencies
+# already there. pip check fails if the lock no longer satisfies pyproject.toml.
+PIP=(.venv/bin/python -m pip --quiet --disable-pip-version-check)
+"${PIP[@]}" install --require-hashes -r requirements-dev.lock
+"${PIP[@]}" install --no-deps -e .
+"${PIP[@]}" check
 
 bash deploy/services.sh
 
