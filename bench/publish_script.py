@@ -1,0 +1,93 @@
+"""What one write of the worker's publishing script costs Redis and the worker, per event.
+
+A synchronous loop over a real Redis through the coalescing publisher's own write (its
+bookkeeping, one pipeline with one ``EVALSHA``), for batches of 1 and of 8 chunk events
+of one job, with the job's relay channel named (the API took the job) as in production.
+Reports the median time per write seen by the worker and Redis's own CPU per script call
+(``INFO commandstats``: usec_per_call of ``evalsha``).
+
+    .venv/bin/python -m bench.publish_script [--calls 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from shared import events
+from tests.procs import free_port, start, stop
+from workers.publisher import CoalescingPublisher
+
+
+def _chunk(i: int) -> dict[str, Any]:
+    return {"event": "chunk", "model": "gpt-5.2", "delta": " token", "done": False,
+            "latency_ms": float(i), "content_length": 6 * i}
+
+
+def run(client: redis.Redis, calls: int, batch: int) -> tuple[float, float]:
+    """Median microseconds per write seen by the worker, and Redis's usec per call."""
+    pub = CoalescingPublisher(client, ttl_s=3600, ttl_after_final_s=600)
+    job_id = uuid.uuid4().hex
+    client.set(events.relay_key(job_id), "chorus:relay:bench")
+    pub._write(OrderedDict({job_id: [_chunk(0)]}), set(), {})  # loads the script
+    client.config_resetstat()
+    times = []
+    for n in range(calls):
+        queued = OrderedDict({job_id: [_chunk(n * batch + i) for i in range(batch)]})
+        start = time.perf_counter()
+        pub._write(queued, set(), {})
+        times.append((time.perf_counter() - start) * 1e6)
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    client.delete(events.events_key(job_id), events.relay_key(job_id),
+                  f"chorus:job:{job_id}:epoch")
+    return statistics.median(times), float(stats.get("usec_per_call", 0.0))
+
+
+def own_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the benchmark's own: its statistics are reset and read alone."""
+    port = free_port()
+    proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", str(workdir)], dict(os.environ),
+                 workdir / "redis.log", module=False)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = own_redis(Path(tmp))
+        try:
+            client = redis.Redis.from_url(url)
+            for batch in (1, 8):
+                run(client, min(args.calls, 2000), batch)  # warm-up
+                worker_us, redis_us = run(client, args.calls, batch)
+                print(f"batch {batch}: {worker_us:.1f} us per write (worker median), "
+                      f"{redis_us:.2f} us per script call in Redis")
+        finally:
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()
