@@ -10,6 +10,7 @@ list.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -190,42 +191,62 @@ class Relay:
                             self._pubsub.unsubscribe(ch)
 
 
-def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
-    """Events after sequence number ``after`` from the replay list."""
-    raw = client.lrange(events.events_key(job_id), after, -1)
-    return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
+# KEYS[1] = replay list, KEYS[2] = its epoch; ARGV[1] = the reader's last event id (below
+# 2**53). Replies {base, start, length, items from position start, last event}: the list
+# read from the reader's own last event on, which tells its length; only a list shorter
+# than that (none, or a lost one made again) costs a second command, LLEN and LINDEX. An
+# id below the base is a position in an older list: this one is read from its start.
+_READ = """
+local base = string.match(redis.call('GET', KEYS[2]) or '0', '^%d+')
+local pos = tonumber(ARGV[1]) - tonumber(base)
+if pos < 0 then
+  pos = 0
+end
+local start = math.max(pos - 1, 0)
+local raw = redis.call('LRANGE', KEYS[1], string.format('%d', start), -1)
+if #raw > 0 or pos == 0 then
+  return {base, start, start + #raw, raw}
+end
+return {base, start, redis.call('LLEN', KEYS[1]), raw, redis.call('LINDEX', KEYS[1], -1)}
+"""
+_READ_SHA = hashlib.sha1(_READ.encode()).hexdigest()
+# Ids at or above this are past the end of any list (lists' ids stay below 2**53).
+_PAST_ANY = 2**53 - 1
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @dataclass(frozen=True)
 class ListRead:
     """The replay list as one read found it: the events after a reader's position, its
-    length and its last event (0 and None: there is no list)."""
+    length, its last event (0 and None: there is no list) and the base of its ids."""
 
     items: list[Item]
     length: int
     tail: str | None
+    base: int = 0
 
 
 def read_list(client: redis.Redis, job_id: str, after: int) -> ListRead:
-    """``backlog``, knowing also the list's length and last event: a reader with nothing
-    new to read learns from them whether the job has ended.
-
-    One LRANGE, as ``backlog``, that starts at the reader's own last event: what it
-    returns says how long the list is. Only a list shorter than that (none, or one Redis
-    lost and the job numbered afresh) costs a second round trip.
+    """The events after id ``after`` (all of them when ``after`` is an id of an older
+    list), knowing also the list's length and last event: a reader with nothing new to
+    read learns from them whether the job has ended. One script call: LRANGE from the
+    reader's own last event, and the list's epoch for the base of its ids.
     """
-    key = events.events_key(job_id)
-    start = max(after - 1, 0)
-    raw = [r.decode() if isinstance(r, bytes) else r for r in client.lrange(key, start, -1)]
-    if raw or after == 0:
-        fresh = raw[after - start:]
-        items = [(after + i + 1, r) for i, r in enumerate(fresh)]
-        return ListRead(items, start + len(raw), raw[-1] if raw else None)
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(key)
-    pipe.lindex(key, -1)
-    length, tail = pipe.execute()
-    return ListRead([], int(length), tail.decode() if isinstance(tail, bytes) else tail)
+    keys = (events.events_key(job_id), events.epoch_key(job_id))
+    at = min(after, _PAST_ANY)
+    try:
+        reply = client.evalsha(_READ_SHA, 2, *keys, at)
+    except redis.exceptions.NoScriptError:
+        reply = client.eval(_READ, 2, *keys, at)  # loads it for the next reads
+    base, start, length = int(reply[0]), int(reply[1]), int(reply[2])
+    raw = [_text(r) for r in reply[3]]
+    pos = max(at - base, 0)
+    items = [(base + pos + i + 1, r) for i, r in enumerate(raw[pos - start:])]
+    tail = raw[-1] if raw else (_text(reply[4]) if len(reply) > 4 and reply[4] else None)
+    return ListRead(items, length, tail, base)
 
 
 def closing(read: ListRead, last: int) -> list[Delivered] | None:
@@ -233,15 +254,17 @@ def closing(read: ListRead, last: int) -> list[Delivered] | None:
     the job may go on (the list's last event is not final, or there is no list).
 
     At the final event: nothing more. Past it: the list is shorter than what the reader
-    saw, so Redis lost it and the job's later events were numbered afresh; its final
-    event is the truth the reader still lacks.
+    saw, so Redis lost it and the job's later events were numbered afresh (by a worker
+    that could not tell, see ``workers.publisher``); its final event is the truth the
+    reader still lacks.
     """
     if read.items or read.tail is None or not events.is_final(read.tail):
         return None
-    if read.length == last:
+    at = max(last - read.base, 0)
+    if read.length == at:
         return []
-    if read.length < last:
-        return [(read.length, read.tail)]
+    if read.length < at:
+        return [(read.base + read.length, read.tail)]
     return None  # appended between the commands of the read: the next read has it
 
 
@@ -283,9 +306,18 @@ def follow_batches(
     quiet = 0.0
     since_asked = keepalive_s  # the first question is asked at once
     with relay.watch(job_id, own) as w:
+
+        def fresh(found: ListRead) -> list[Item]:
+            # A list with a base above the reader's id was made again after Redis lost
+            # the one the reader was in: the reader goes on from its start (its first
+            # event, a retry, tells the client to drop what it had).
+            nonlocal last
+            last = max(last, found.base)
+            return found.items
+
         first = read_list(client, job_id, last)
         read: ListRead | None = first
-        pending = first.items
+        pending = fresh(first)
         while True:
             batch: list[Delivered] = []
             final = False
@@ -304,7 +336,7 @@ def follow_batches(
                     if seq <= last:
                         continue
                     if seq != last + 1:
-                        pending = backlog(client, job_id, last)
+                        pending = fresh(read_list(client, job_id, last))
                         break
                     last = seq
                     batch.append((seq, data))
@@ -335,8 +367,8 @@ def follow_batches(
                 if gone is not None and gone():
                     raise ClientGone(job_id)
                 # Silence: check the list in case pub/sub lost the message.
-                read = read_list(client, job_id, last)
-                pending = read.items
+                polled = read = read_list(client, job_id, last)
+                pending = fresh(polled)
                 since_asked += poll_s
                 quiet = 0.0 if pending else quiet + poll_s
                 if quiet >= keepalive_s:
@@ -346,7 +378,7 @@ def follow_batches(
             seq, data = item
             if seq <= last:
                 continue
-            pending = [item] if seq == last + 1 else backlog(client, job_id, last)
+            pending = [item] if seq == last + 1 else fresh(read_list(client, job_id, last))
 
 
 def follow(

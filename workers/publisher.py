@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -22,36 +23,78 @@ import redis
 from gevent.event import Event
 
 from shared import events
+from workers.resync import JobLogs
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = replay list, KEYS[2] = the job's relay key; ARGV = channel, ttl ms, job id,
-# event json... Each event goes to the job's channel and, when the API process that took
-# the job named one, to that process's relay channel (named as long as the list lives).
+# KEYS[1] = replay list, KEYS[2] = the job's relay key, KEYS[3] = the list's epoch; ARGV =
+# channel, ttl ms, job id, the epoch the caller last wrote to ('' if none), the base of
+# a list made again, a nonce, event json... Each event goes to the job's channel and, when
+# the API process that took the job named one, to that process's relay channel (named as
+# long as the list lives). Replies {0, epoch}: appended; {1, epoch}: not appended, the
+# list is not the one the caller wrote to (Redis lost it): the caller says again what its
+# calls said, then sends the batch again.
+#
+# A caller that wrote to the job before, finding no list, makes it again: a new epoch with
+# a base above the old ids, and the retry event first. A caller that never wrote to the
+# job cannot tell a new job from a lost list: it makes a list of base 0 (a new job's);
+# should that list be a lost one's successor, the first caller that knew the old list
+# finds it, gives it a base of its own and appends the retry. All in this one call.
 _APPEND_PUBLISH = """
-local n = #ARGV - 3
-local len = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local relay = redis.call('GET', KEYS[2])
-if relay then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local known = ARGV[4]
+local epoch = redis.call('GET', KEYS[3])
+local renew, resync = false, false
+if not epoch then
+  if known ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+    renew = true
+  else
+    epoch = '0:' .. ARGV[6]
+    redis.call('SET', KEYS[3], epoch)
+  end
+elseif known ~= '' and known ~= epoch then
+  resync = true
+  renew = string.sub(epoch, 1, 2) == '0:'
 end
-local first = len - n
-for i = 1, n do
-  local msg = (first + i) .. '\\n' .. ARGV[i + 3]
+local relay = redis.call('GET', KEYS[2])
+local function emit(seq, data)
+  local msg = string.format('%d', seq) .. '\\n' .. data
   redis.call('PUBLISH', ARGV[1], msg)
   if relay then
     redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
   end
 end
-return len
-"""
+local base
+if renew then
+  resync = true
+  base = math.max(tonumber(ARGV[5]), tonumber(string.match(known, '^%d+')) + SPAN)
+  epoch = string.format('%d', base) .. ':' .. ARGV[6]
+  redis.call('SET', KEYS[3], epoch)
+  emit(base + redis.call('RPUSH', KEYS[1], LOST), LOST)
+else
+  base = tonumber(string.match(epoch, '^%d+'))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if relay then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if resync then
+  return {1, epoch}
+end
+local n = #ARGV - 6
+local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 7)) - n
+for i = 1, n do
+  emit(first + i, ARGV[i + 6])
+end
+return {0, epoch}
+""".replace("SPAN", str(events.EPOCH_SPAN)).replace(
+    "LOST", f"[==[{events.encode(events.lost_event())}]==]")
 # For a retry after a failed write, which may have reached Redis before the connection
 # broke: a job's batch is appended only if its last event is not in the list already
 # (a script runs whole or not at all; events carry their timing, so no two are alike).
 _APPEND_PUBLISH_ONCE = """
 if redis.call('LPOS', KEYS[1], ARGV[#ARGV], 'RANK', -1, 'MAXLEN', 10000) then
-  return -1
+  return {0, redis.call('GET', KEYS[3]) or ARGV[4]}
 end
 """ + _APPEND_PUBLISH
 
@@ -82,6 +125,48 @@ class EventSink(Protocol):
     def flush(self) -> None: ...
 
 
+class _Lists:
+    """A publisher's side of the jobs' replay lists: the script's arguments, and what its
+    replies mean (see ``_APPEND_PUBLISH``)."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.logs = JobLogs(idle_s=ttl_s)
+        self._nonce = uuid.uuid4().hex[:8]
+        self._writes = 0
+        self._base = "0"
+
+    def new_write(self) -> None:
+        """Before each write: the base and nonce a list made again in it would get."""
+        self._writes += 1
+        self._base = str(int(time.time()) * events.EPOCH_SPAN)
+
+    def args(self, job_id: str, ttl_ms: int, items: Sequence[dict[str, Any]]) -> list[Any]:
+        """``EVALSHA``'s arguments after the sha."""
+        return [3, events.events_key(job_id), events.relay_key(job_id),
+                events.epoch_key(job_id), events.channel(job_id), ttl_ms, job_id,
+                self.logs.epoch(job_id), self._base, f"{self._nonce}.{self._writes}",
+                *map(events.encode, items)]
+
+    def settle(self, batch: Mapping[str, list[dict[str, Any]]], replies: Sequence[Any],
+               resent: dict[str, int]) -> OrderedDict[str, list[dict[str, Any]]]:
+        """Record what was written; return what must be written again: for a job whose
+        list Redis lost, what its calls said so far, then its batch. ``resent`` counts,
+        per job, the leading events of its batch that only say again what was said."""
+        again: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        for (job_id, items), (status, raw) in zip(batch.items(), replies, strict=True):
+            epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+            own = items[resent.pop(job_id, 0):]
+            if not status:
+                self.logs.written(job_id, epoch, own)
+                continue
+            log.warning("the events of job %s were lost with Redis: its list starts again "
+                        "(epoch %s)", job_id, epoch)
+            catch_up = self.logs.catch_up(job_id, epoch)
+            resent[job_id] = len(catch_up)
+            again[job_id] = [*catch_up, *own]
+        return again
+
+
 class SyncPublisher:
     """Writes every event before returning; for scripts, tests and thread pools."""
 
@@ -90,12 +175,17 @@ class SyncPublisher:
         self._script = client.register_script(_APPEND_PUBLISH)
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
+        self._lists = _Lists(ttl_s)
 
     def publish(self, job_id: str, event: dict[str, Any], drop: Sequence[str] = ()) -> None:
-        data = events.encode(event)
         ttl = self._final_ttl_ms if event.get("final") else self._ttl_ms
-        self._script(keys=[events.events_key(job_id), events.relay_key(job_id)],
-                     args=[events.channel(job_id), ttl, job_id, data])
+        todo: Mapping[str, list[dict[str, Any]]] = {job_id: [event]}
+        resent: dict[str, int] = {}
+        while todo:
+            self._lists.new_write()
+            _, *keys_args = self._lists.args(job_id, ttl, todo[job_id])
+            reply = self._script(keys=keys_args[:3], args=keys_args[3:])
+            todo = self._lists.settle(todo, [reply], resent)
         if drop:
             self._client.delete(*drop)
 
@@ -114,6 +204,7 @@ class CoalescingPublisher:
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int,
                  linger_s: float = 0.0) -> None:
         self._client = client
+        self._lists = _Lists(ttl_s)
         # EVALSHA directly: a registered Script in a pipeline costs an extra SCRIPT EXISTS
         # round trip on every execute. Keyed by whether the write is a retry.
         self._shas: dict[bool, str] = {}
@@ -189,22 +280,25 @@ class CoalescingPublisher:
                drop: dict[str, Sequence[str]]) -> None:
         delay = 0.05
         retry = False
-        while True:
+        # Per job: the leading events of its batch that say again what Redis lost.
+        resent: dict[str, int] = {}
+        while batch:
             try:
                 sha = self._sha(retry)
+                self._lists.new_write()
                 pipe = self._client.pipeline(transaction=False)
+                scripts = []
                 for job_id, items in batch.items():
                     ttl = self._final_ttl_ms if job_id in final else self._ttl_ms
-                    pipe.evalsha(sha, 2, events.events_key(job_id), events.relay_key(job_id),
-                                 events.channel(job_id), ttl, job_id,
-                                 *map(events.encode, items))
+                    scripts.append(len(pipe))
+                    pipe.evalsha(sha, *self._lists.args(job_id, ttl, items))
                     if job_id in drop:
                         pipe.delete(*drop[job_id])
-                pipe.execute()
-                return
+                replies = pipe.execute()
             except redis.exceptions.NoScriptError:
                 # Redis restarted and forgot the scripts: load them again, then retry.
                 self._shas.clear()
+                continue
             except redis.RedisError as exc:
                 # Events must not be dropped, nor written twice: keep the batch and retry
                 # until Redis is back, skipping what the failed write already appended.
@@ -212,6 +306,10 @@ class CoalescingPublisher:
                 retry = True
                 gevent.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            # A job whose list was lost goes again (rarely: Redis restarted empty).
+            batch = self._lists.settle(batch, [replies[i] for i in scripts], resent)
+            drop, retry = {}, False
 
     def _sha(self, retry: bool) -> str:
         if retry not in self._shas:
