@@ -1,0 +1,124 @@
+"""Redis killed under a running job and restarted EMPTY: a client resuming with its old
+``Last-Event-ID`` gets the job's new list from its start, a ``retry`` (reason ``events
+lost``) first, after which each call's text is whole: what it joins after its last retry
+is the call's ``full_content``; the stream ends with the final, and the job is charged
+once.
+
+The stack runs on a Redis server of the test's own (see ``test_event_bus_outage``),
+whose append-only file is dropped before the restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from tests.integration import test_event_bus_outage as outage
+from tests.integration.test_event_bus_outage import OwnRedis, Read, balance, read_sse, settle
+
+# The outage module's stack on a Redis server of its own (one for this module).
+own_redis = outage.own_redis
+outage_stack = outage.outage_stack
+clean_breakers = outage.clean_breakers
+api = outage.api
+
+MSG = [{"role": "user", "content": "Tell me about outages, at length."}]
+SLOW = {"model": "*", "ttft_ms": 10, "token_ms": 40, "tokens": 120}
+
+
+def after_last_retry(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last = max((i for i, e in enumerate(evs) if e.get("event") == "retry"), default=-1)
+    return evs[last + 1:]
+
+
+def break_off(api: httpx.Client, own_redis: OwnRedis, path: str,
+              body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Start a stream and kill Redis after its tenth event: the job's id and the
+    stream's reconnect notice."""
+    killed: list[float] = []
+
+    def kill_after_some(read: Read) -> None:
+        if not killed and len(read.events) >= 10:
+            own_redis.kill()
+            killed.append(time.monotonic())
+
+    with api.stream("POST", path, json=body, timeout=httpx.Timeout(30.0)) as resp:
+        job_id = resp.headers["X-Chorus-Job-Id"]
+        first = read_sse(resp, Read(), kill_after_some)
+    assert killed, "the stream ended before Redis was killed"
+    notice = first.events[-1]
+    assert notice["event"] == "reconnect" and not first.done
+    return job_id, notice
+
+
+def test_a_chat_resumed_after_redis_restarted_empty_has_its_whole_text(
+    api: httpx.Client, mock: httpx.Client, own_redis: OwnRedis
+) -> None:
+    mock.post("/_mock/config", json=SLOW)
+    before = balance(api)
+    body = {"model": "gpt-5.2", "messages": MSG, "stream": True}
+    job_id, notice = break_off(api, own_redis, "/api/v1/chat", body)
+    own_redis.start(empty=True)
+    with api.stream("GET", f"/api/v1/jobs/{job_id}/events",
+                    headers={"Last-Event-ID": str(notice["last_event_id"])},
+                    timeout=httpx.Timeout(30.0)) as resp:
+        assert resp.status_code == 200
+        rest = read_sse(resp, Read())
+    assert rest.done and rest.events[-1]["final"], rest.events[-3:]
+    # The new list from its start: the retry first, ids above every id of the old list,
+    # one after another.
+    assert rest.events[0] == {**rest.events[0], "event": "retry", "reason": "events lost"}
+    ids = [i for i in rest.ids if i is not None]
+    assert ids[0] > notice["last_event_id"]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    final = rest.events[-1]
+    assert final["status"] == "succeeded"
+    text = "".join(e.get("delta", "") for e in after_last_retry(rest.events)
+                   if e.get("event") == "chunk")
+    assert text == final["full_content"] and len(text) > 0
+
+    job = settle(api, job_id)
+    assert job["credits_charged"] == final["credits_charged"]
+    assert before - balance(api) == Decimal(str(job["credits_charged"]))
+
+
+class Enough(Exception):
+    """The reader has what it came for."""
+
+
+def test_a_compare_resumed_after_redis_restarted_empty_has_each_calls_whole_text(
+    api: httpx.Client, mock: httpx.Client, own_redis: OwnRedis
+) -> None:
+    mock.post("/_mock/config", json=SLOW)
+    models = ["gpt-5.2", "claude-sonnet-4.5"]
+    body = {"models": models, "messages": MSG, "stream": True}
+    job_id, notice = break_off(api, own_redis, "/api/v1/compare", body)
+    own_redis.start(empty=True)
+
+    def both_ended(read: Read) -> None:
+        ended = [e for e in after_last_retry(read.events) if e.get("done")]
+        if len(ended) == len(models):
+            raise Enough
+
+    rest = Read()
+    with api.stream("GET", f"/api/v1/jobs/{job_id}/events",
+                    headers={"Last-Event-ID": str(notice["last_event_id"])},
+                    timeout=httpx.Timeout(30.0)) as resp:
+        assert resp.status_code == 200
+        with contextlib.suppress(Enough):
+            read_sse(resp, rest, both_ended)
+    assert rest.events[0] == {**rest.events[0], "event": "retry", "reason": "events lost"}
+    assert rest.ids[0] is not None and rest.ids[0] > notice["last_event_id"]
+    text: dict[str, str] = {}
+    full: dict[str, str] = {}
+    for e in after_last_retry(rest.events):
+        if e.get("event") == "chunk" and e.get("done"):
+            full[e["model"]] = e["full_content"]
+        elif e.get("event") == "chunk":
+            text[e["model"]] = text.get(e["model"], "") + e["delta"]
+    assert sorted(full) == sorted(models)
+    assert text == full and all(full.values())
