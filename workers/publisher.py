@@ -28,65 +28,68 @@ from workers.resync import JobLogs
 log = logging.getLogger(__name__)
 
 # KEYS[1] = replay list, KEYS[2] = the job's relay key, KEYS[3] = the list's epoch; ARGV =
-# channel, ttl ms, job id, the epoch the caller last wrote to ('' if none), the base of
-# a list made again, a nonce, event json... Each event goes to the job's channel and, when
-# the API process that took the job named one, to that process's relay channel (named as
-# long as the list lives). Replies {0, epoch}: appended; {1, epoch}: not appended, the
-# list is not the one the caller wrote to (Redis lost it): the caller says again what its
-# calls said, then sends the batch again.
+# channel, ttl ms, job id, the epoch the caller last wrote to ('' if none) and its base,
+# the base a list made again would get, a nonce, event json... Each event goes to the
+# job's channel and, when the API process that took the job named one, to that process's
+# relay channel (named as long as the list lives). Replies 0: appended to the caller's
+# list; {0, epoch}: appended to a list the caller did not know; {1, epoch}: not appended,
+# the list is not the one the caller wrote to (Redis lost it): the caller says again what
+# its calls said, then sends the batch again.
 #
 # A caller that wrote to the job before, finding no list, makes it again: a new epoch with
 # a base above the old ids, and the retry event first. A caller that never wrote to the
 # job cannot tell a new job from a lost list: it makes a list of base 0 (a new job's);
 # should that list be a lost one's successor, the first caller that knew the old list
-# finds it, gives it a base of its own and appends the retry. All in this one call.
+# finds it, gives it a base of its own and appends the retry. All in this one call; on
+# the usual path it costs the list's epoch a GET and a PEXPIRE.
 _APPEND_PUBLISH = """
 local known = ARGV[4]
 local epoch = redis.call('GET', KEYS[3])
-local renew, resync = false, false
-if not epoch then
-  if known ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
-    renew = true
-  else
-    epoch = '0:' .. ARGV[6]
+local relay = redis.call('GET', KEYS[2])
+local base = tonumber(ARGV[5])
+local reply = 0
+if epoch ~= known then
+  if known ~= '' and (epoch or redis.call('EXISTS', KEYS[1]) == 0) then
+    if not epoch or string.sub(epoch, 1, 2) == '0:' then
+      base = math.max(tonumber(ARGV[6]), base + SPAN)
+      epoch = string.format('%d', base) .. ':' .. ARGV[7]
+      redis.call('SET', KEYS[3], epoch)
+      local msg = string.format('%d', base + redis.call('RPUSH', KEYS[1], LOST)) .. '\\n' .. LOST
+      redis.call('PUBLISH', ARGV[1], msg)
+      if relay then
+        redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
+      end
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    return {1, epoch}
+  end
+  if not epoch then
+    epoch = '0:' .. ARGV[7]
     redis.call('SET', KEYS[3], epoch)
   end
-elseif known ~= '' and known ~= epoch then
-  resync = true
-  renew = string.sub(epoch, 1, 2) == '0:'
-end
-local relay = redis.call('GET', KEYS[2])
-local function emit(seq, data)
-  local msg = string.format('%d', seq) .. '\\n' .. data
-  redis.call('PUBLISH', ARGV[1], msg)
-  if relay then
-    redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
-  end
-end
-local base
-if renew then
-  resync = true
-  base = math.max(tonumber(ARGV[5]), tonumber(string.match(known, '^%d+')) + SPAN)
-  epoch = string.format('%d', base) .. ':' .. ARGV[6]
-  redis.call('SET', KEYS[3], epoch)
-  emit(base + redis.call('RPUSH', KEYS[1], LOST), LOST)
-else
   base = tonumber(string.match(epoch, '^%d+'))
+  reply = {0, epoch}
 end
+local n = #ARGV - 7
+local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 8)) - n
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if relay then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-if resync then
-  return {1, epoch}
-end
-local n = #ARGV - 6
-local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 7)) - n
 for i = 1, n do
-  emit(first + i, ARGV[i + 6])
+  local seq = first + i
+  if base > 0 then
+    seq = string.format('%d', seq)
+  end
+  local msg = seq .. '\\n' .. ARGV[i + 7]
+  redis.call('PUBLISH', ARGV[1], msg)
+  if relay then
+    redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
+  end
 end
-return {0, epoch}
+return reply
 """.replace("SPAN", str(events.EPOCH_SPAN)).replace(
     "LOST", f"[==[{events.encode(events.lost_event())}]==]")
 # For a retry after a failed write, which may have reached Redis before the connection
@@ -142,10 +145,10 @@ class _Lists:
 
     def args(self, job_id: str, ttl_ms: int, items: Sequence[dict[str, Any]]) -> list[Any]:
         """``EVALSHA``'s arguments after the sha."""
+        epoch, base = self.logs.epoch(job_id)
         return [3, events.events_key(job_id), events.relay_key(job_id),
-                events.epoch_key(job_id), events.channel(job_id), ttl_ms, job_id,
-                self.logs.epoch(job_id), self._base, f"{self._nonce}.{self._writes}",
-                *map(events.encode, items)]
+                events.epoch_key(job_id), events.channel(job_id), ttl_ms, job_id, epoch,
+                base, self._base, f"{self._nonce}.{self._writes}", *map(events.encode, items)]
 
     def settle(self, batch: Mapping[str, list[dict[str, Any]]], replies: Sequence[Any],
                resent: dict[str, int]) -> OrderedDict[str, list[dict[str, Any]]]:
@@ -153,9 +156,13 @@ class _Lists:
         list Redis lost, what its calls said so far, then its batch. ``resent`` counts,
         per job, the leading events of its batch that only say again what was said."""
         again: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        for (job_id, items), (status, raw) in zip(batch.items(), replies, strict=True):
-            epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for (job_id, items), reply in zip(batch.items(), replies, strict=True):
             own = items[resent.pop(job_id, 0):]
+            if not reply:  # written to the list this process knew
+                self.logs.written(job_id, None, own)
+                continue
+            status, raw = reply
+            epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
             if not status:
                 self.logs.written(job_id, epoch, own)
                 continue

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import events
+
 # Fields of a chunk or error event that are its content; the rest (model, role, layer,
 # sample, step, attempt...) tell which call it belongs to.
 _CONTENT = frozenset({
@@ -67,6 +69,7 @@ class _Call:
 @dataclass
 class _Job:
     epoch: str = ""
+    base: int = 0
     calls: dict[frozenset[tuple[str, Any]], _Call] = field(default_factory=dict)
     seen_at: float = 0.0
 
@@ -83,22 +86,27 @@ class JobLogs:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._idle_s = idle_s
         self._ended_idle_s = min(ended_idle_s, idle_s)
+        self._swept = 0.0
 
-    def epoch(self, job_id: str) -> str:
-        """The epoch of the list this process last wrote the job's events to ('' if it
-        has written none: it cannot tell a new job from a lost list)."""
+    def epoch(self, job_id: str) -> tuple[str, int]:
+        """The epoch of the list this process last wrote the job's events to, and its
+        base ('' and 0 if it has written none: it cannot tell a new job from a lost
+        list)."""
         job = self._jobs.get(job_id)
-        return "" if job is None else job.epoch
+        return ("", 0) if job is None else (job.epoch, job.base)
 
-    def written(self, job_id: str, epoch: str, items: Iterable[dict[str, Any]]) -> None:
-        """``items`` are in the job's list, whose epoch is ``epoch``."""
+    def written(self, job_id: str, epoch: str | None, items: Iterable[dict[str, Any]]) -> None:
+        """``items`` are in the job's list, whose epoch is ``epoch`` (None: the one
+        last written to)."""
         now = time.monotonic()
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = _Job()
         else:
             self._jobs.move_to_end(job_id)  # the most recently written last
-        job.epoch, job.seen_at = epoch, now
+        job.seen_at = now
+        if epoch is not None:
+            job.epoch, job.base = epoch, events.epoch_base(epoch)
         for event in items:
             if event.get("final"):
                 self.forget(job_id)
@@ -126,7 +134,7 @@ class JobLogs:
         job = self._jobs.get(job_id)
         if job is None:
             return []
-        job.epoch = epoch
+        job.epoch, job.base = epoch, events.epoch_base(epoch)
         return [e for call in job.calls.values() for e in call.catch_up()]
 
     def forget(self, job_id: str) -> None:
@@ -136,8 +144,12 @@ class JobLogs:
         return len(self._jobs)
 
     def _expire(self, now: float) -> None:
-        # Oldest first: stop at the first job still worth keeping (an ended one may sit
-        # behind a running one until that goes quiet; the bound is ``idle_s``).
+        # At most once a second, oldest first: stop at the first job still worth keeping
+        # (an ended one may sit behind a running one until that goes quiet; the bound is
+        # ``idle_s``).
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
         while self._jobs:
             job_id, job = next(iter(self._jobs.items()))
             quiet = now - job.seen_at
