@@ -16,9 +16,12 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import websocket
 
 from tests.integration import test_event_bus_outage as outage
 from tests.integration.test_event_bus_outage import OwnRedis, Read, balance, read_sse, settle
+from tests.integration.test_ws import Socket
+from tests.stack import Stack
 
 # The outage module's stack on a Redis server of its own (one for this module).
 own_redis = outage.own_redis
@@ -84,6 +87,37 @@ def test_a_chat_resumed_after_redis_restarted_empty_has_its_whole_text(
     job = settle(api, job_id)
     assert job["credits_charged"] == final["credits_charged"]
     assert before - balance(api) == Decimal(str(job["credits_charged"]))
+
+
+def test_a_socket_follow_after_redis_restarted_empty_gets_the_retry_and_whole_text(
+    outage_stack: Stack, api: httpx.Client, mock: httpx.Client, own_redis: OwnRedis
+) -> None:
+    mock.post("/_mock/config", json=SLOW)
+    key = api.headers["Authorization"].removeprefix("Bearer ")
+    conn = websocket.create_connection(
+        outage_stack.url.replace("http://", "ws://") + "/api/v1/ws", timeout=20,
+        header=[f"Authorization: Bearer {key}"])
+    try:
+        sock = Socket(conn)
+        assert sock.recv() == {"type": "ready"}
+        sock.send({"type": "chat", "id": "c", "model": "gpt-5.2", "messages": MSG,
+                   "keep_running": True})
+        job_id = sock.until(lambda m: m["type"] == "event" and m["seq"] >= 10)[0]["job_id"]
+        own_redis.kill()
+        notice = sock.until(lambda m: m["type"] != "event")[-1]
+        assert notice["type"] == "reconnect"
+        own_redis.start(empty=True)
+        sock.send({"type": "follow", "id": "c", "job_id": job_id, "after": notice["after"]})
+        rest = sock.until(lambda m: m["type"] in ("done", "error", "reconnect"))
+    finally:
+        conn.close()
+    assert rest[-1]["type"] == "done"
+    got = [m for m in rest if m["type"] == "event"]
+    assert got[0]["data"]["event"] == "retry" and got[0]["seq"] > notice["after"]
+    assert [m["seq"] for m in got] == list(range(got[0]["seq"], got[0]["seq"] + len(got)))
+    evs = [m["data"] for m in got]
+    text = "".join(e.get("delta", "") for e in after_last_retry(evs) if e.get("event") == "chunk")
+    assert evs[-1]["final"] and text == evs[-1]["full_content"]
 
 
 class Enough(Exception):
