@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -29,19 +28,19 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] = replay list, KEYS[2] = the job's relay key, KEYS[3] = the list's epoch; ARGV =
 # channel, ttl ms, job id, the epoch the caller last wrote to ('' if none) and its base,
-# the base a list made again would get, a nonce, event json... Each event goes to the
-# job's channel and, when the API process that took the job named one, to that process's
-# relay channel (named as long as the list lives). Replies 0: appended to the caller's
-# list; {0, epoch}: appended to a list the caller did not know; {1, epoch}: not appended,
-# the list is not the one the caller wrote to (Redis lost it): the caller says again what
-# its calls said, then sends the batch again.
+# event json... Each event goes to the job's channel and, when the API process that took
+# the job named one, to that process's relay channel (named as long as the list lives).
+# Replies 0: appended to the caller's list; {0, epoch}: appended to a list the caller did
+# not know; {1, epoch}: not appended, the list is not the one the caller wrote to (Redis
+# lost it): the caller says again what its calls said, then sends the batch again.
 #
 # A caller that wrote to the job before, finding no list, makes it again: a new epoch with
-# a base above the old ids, and the retry event first. A caller that never wrote to the
-# job cannot tell a new job from a lost list: it makes a list of base 0 (a new job's);
-# should that list be a lost one's successor, the first caller that knew the old list
-# finds it, gives it a base of its own and appends the retry. All in this one call; on
-# the usual path it costs the list's epoch a GET and a PEXPIRE.
+# a base above the old ids (the server's clock in seconds times the span, or the old base
+# plus the span), and the retry event first. A caller that never wrote to the job cannot
+# tell a new job from a lost list: it makes a list of base 0 (a new job's); should that
+# list be a lost one's successor, the first caller that knew the old list finds it, gives
+# it a base of its own and appends the retry. All in this one call; on the usual path it
+# costs the list's epoch a GET and a PEXPIRE.
 _APPEND_PUBLISH = """
 local known = ARGV[4]
 local epoch = redis.call('GET', KEYS[3])
@@ -51,8 +50,9 @@ local reply = 0
 if epoch ~= known then
   if known ~= '' and (epoch or redis.call('EXISTS', KEYS[1]) == 0) then
     if not epoch or string.sub(epoch, 1, 2) == '0:' then
-      base = math.max(tonumber(ARGV[6]), base + SPAN)
-      epoch = string.format('%d', base) .. ':' .. ARGV[7]
+      local now = redis.call('TIME')
+      base = math.max(tonumber(now[1]) * SPAN, base + SPAN)
+      epoch = string.format('%d', base) .. ':' .. now[1] .. now[2]
       redis.call('SET', KEYS[3], epoch)
       local msg = string.format('%d', base + redis.call('RPUSH', KEYS[1], LOST)) .. '\\n' .. LOST
       redis.call('PUBLISH', ARGV[1], msg)
@@ -65,14 +65,15 @@ if epoch ~= known then
     return {1, epoch}
   end
   if not epoch then
-    epoch = '0:' .. ARGV[7]
+    local now = redis.call('TIME')
+    epoch = '0:' .. now[1] .. now[2]
     redis.call('SET', KEYS[3], epoch)
   end
   base = tonumber(string.match(epoch, '^%d+'))
   reply = {0, epoch}
 end
-local n = #ARGV - 7
-local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 8)) - n
+local n = #ARGV - 5
+local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 6)) - n
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if relay then
@@ -83,7 +84,7 @@ for i = 1, n do
   if base > 0 then
     seq = string.format('%d', seq)
   end
-  local msg = seq .. '\\n' .. ARGV[i + 7]
+  local msg = seq .. '\\n' .. ARGV[i + 5]
   redis.call('PUBLISH', ARGV[1], msg)
   if relay then
     redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
@@ -134,21 +135,13 @@ class _Lists:
 
     def __init__(self, ttl_s: int) -> None:
         self.logs = JobLogs(idle_s=ttl_s)
-        self._nonce = uuid.uuid4().hex[:8]
-        self._writes = 0
-        self._base = "0"
-
-    def new_write(self) -> None:
-        """Before each write: the base and nonce a list made again in it would get."""
-        self._writes += 1
-        self._base = str(int(time.time()) * events.EPOCH_SPAN)
 
     def args(self, job_id: str, ttl_ms: int, items: Sequence[dict[str, Any]]) -> list[Any]:
         """``EVALSHA``'s arguments after the sha."""
         epoch, base = self.logs.epoch(job_id)
         return [3, events.events_key(job_id), events.relay_key(job_id),
                 events.epoch_key(job_id), events.channel(job_id), ttl_ms, job_id, epoch,
-                base, self._base, f"{self._nonce}.{self._writes}", *map(events.encode, items)]
+                base, *map(events.encode, items)]
 
     def settle(self, batch: Mapping[str, list[dict[str, Any]]], replies: Sequence[Any],
                resent: dict[str, int]) -> OrderedDict[str, list[dict[str, Any]]]:
@@ -157,7 +150,8 @@ class _Lists:
         per job, the leading events of its batch that only say again what was said."""
         again: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         for (job_id, items), reply in zip(batch.items(), replies, strict=True):
-            own = items[resent.pop(job_id, 0):]
+            skip = resent.pop(job_id, 0) if resent else 0
+            own = items[skip:] if skip else items
             if not reply:  # written to the list this process knew
                 self.logs.written(job_id, None, own)
                 continue
@@ -189,7 +183,6 @@ class SyncPublisher:
         todo: Mapping[str, list[dict[str, Any]]] = {job_id: [event]}
         resent: dict[str, int] = {}
         while todo:
-            self._lists.new_write()
             _, *keys_args = self._lists.args(job_id, ttl, todo[job_id])
             reply = self._script(keys=keys_args[:3], args=keys_args[3:])
             todo = self._lists.settle(todo, [reply], resent)
@@ -292,7 +285,6 @@ class CoalescingPublisher:
         while batch:
             try:
                 sha = self._sha(retry)
-                self._lists.new_write()
                 pipe = self._client.pipeline(transaction=False)
                 scripts = []
                 for job_id, items in batch.items():
