@@ -1,10 +1,13 @@
-"""What one write of the worker's publishing script costs Redis and the worker, per event.
+"""What one write of the worker's publishing script costs Redis and the worker, and what
+one read of a replay list costs an API process.
 
 A synchronous loop over a real Redis through the coalescing publisher's own write (its
 bookkeeping, one pipeline with one ``EVALSHA``), for batches of 1 and of 8 chunk events
 of one job, with the job's relay channel named (the API took the job) as in production.
 Reports the median time per write seen by the worker and Redis's own CPU per script call
-(``INFO commandstats``: usec_per_call of ``evalsha``).
+(``INFO commandstats``: usec_per_call of ``evalsha``). Then ``api.relay.read_list`` on a
+list of 100 events: at its end (nothing new: a stream's poll after a silence) and 50
+events back (a late reader).
 
     .venv/bin/python -m bench.publish_script [--calls 20000]
 """
@@ -24,9 +27,10 @@ from typing import Any
 
 import redis
 
+from api.relay import read_list
 from shared import events
 from tests.procs import free_port, start, stop
-from workers.publisher import CoalescingPublisher
+from workers.publisher import CoalescingPublisher, SyncPublisher
 
 
 def _chunk(i: int) -> dict[str, Any]:
@@ -51,6 +55,22 @@ def run(client: redis.Redis, calls: int, batch: int) -> tuple[float, float]:
     client.delete(events.events_key(job_id), events.relay_key(job_id),
                   f"chorus:job:{job_id}:epoch")
     return statistics.median(times), float(stats.get("usec_per_call", 0.0))
+
+
+def read(client: redis.Redis, reads: int, after: int) -> float:
+    """Median microseconds of one ``read_list`` of a 100-event list after ``after``."""
+    job_id = uuid.uuid4().hex
+    pub = SyncPublisher(client, ttl_s=3600, ttl_after_final_s=600)
+    for i in range(100):
+        pub.publish(job_id, _chunk(i))
+    read_list(client, job_id, after)
+    times = []
+    for _ in range(reads):
+        start = time.perf_counter()
+        read_list(client, job_id, after)
+        times.append((time.perf_counter() - start) * 1e6)
+    client.delete(events.events_key(job_id), f"chorus:job:{job_id}:epoch")
+    return statistics.median(times)
 
 
 def own_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -85,6 +105,9 @@ def main() -> None:
                 worker_us, redis_us = run(client, args.calls, batch)
                 print(f"batch {batch}: {worker_us:.1f} us per write (worker median), "
                       f"{redis_us:.2f} us per script call in Redis")
+            for after in (100, 50):
+                print(f"read after {after} of 100: {read(client, 5000, after):.1f} us "
+                      "(API median)")
         finally:
             stop(proc)
 
