@@ -229,24 +229,37 @@ class ListRead:
     base: int = 0
 
 
-def read_list(client: redis.Redis, job_id: str, after: int) -> ListRead:
+def read_list(client: redis.Redis, job_id: str, after: int, base: int | None = None,
+              seen: str | None = None) -> ListRead:
     """The events after id ``after`` (all of them when ``after`` is an id of an older
     list), knowing also the list's length and last event: a reader with nothing new to
-    read learns from them whether the job has ended. One script call: LRANGE from the
-    reader's own last event, and the list's epoch for the base of its ids.
+    read learns from them whether the job has ended.
+
+    A reader that knows its list's ``base`` and its own last event (``seen``) reads one
+    LRANGE from that event on: finding it there proves the list is the one it read (a
+    list made again never has an event where the lost one had it), and the reply tells
+    the list's length. Any other read, or one that does not find the event there (no
+    list, a shorter one, or one made again), is one script call that also reads the
+    list's epoch for the base of its ids.
     """
-    keys = (events.events_key(job_id), events.epoch_key(job_id))
+    key = events.events_key(job_id)
+    if seen is not None and base is not None and after > base:
+        start = after - base - 1
+        raw = [_text(r) for r in client.lrange(key, start, -1)]
+        if raw and raw[0] == seen:
+            items = [(after + i, r) for i, r in enumerate(raw[1:], 1)]
+            return ListRead(items, start + len(raw), raw[-1], base)
     at = min(after, _PAST_ANY)
     try:
-        reply = client.evalsha(_READ_SHA, 2, *keys, at)
+        reply = client.evalsha(_READ_SHA, 2, key, events.epoch_key(job_id), at)
     except redis.exceptions.NoScriptError:
-        reply = client.eval(_READ, 2, *keys, at)  # loads it for the next reads
-    base, start, length = int(reply[0]), int(reply[1]), int(reply[2])
+        reply = client.eval(_READ, 2, key, events.epoch_key(job_id), at)  # loaded now
+    found, start, length = int(reply[0]), int(reply[1]), int(reply[2])
     raw = [_text(r) for r in reply[3]]
-    pos = max(at - base, 0)
-    items = [(base + pos + i + 1, r) for i, r in enumerate(raw[pos - start:])]
+    pos = max(at - found, 0)
+    items = [(found + pos + i + 1, r) for i, r in enumerate(raw[pos - start:])]
     tail = raw[-1] if raw else (_text(reply[4]) if len(reply) > 4 and reply[4] else None)
-    return ListRead(items, length, tail, base)
+    return ListRead(items, length, tail, found)
 
 
 def closing(read: ListRead, last: int) -> list[Delivered] | None:
@@ -303,6 +316,9 @@ def follow_batches(
     ended.
     """
     last = after
+    # The base of the list read, and the last event delivered (see ``read_list``).
+    base: int | None = None
+    seen: str | None = None
     quiet = 0.0
     since_asked = keepalive_s  # the first question is asked at once
     with relay.watch(job_id, own) as w:
@@ -311,12 +327,17 @@ def follow_batches(
             # A list with a base above the reader's id was made again after Redis lost
             # the one the reader was in: the reader goes on from its start (its first
             # event, a retry, tells the client to drop what it had).
-            nonlocal last
-            last = max(last, found.base)
+            nonlocal last, base, seen
+            if found.base > last:
+                last, seen = found.base, None
+            base = found.base
             return found.items
 
-        first = read_list(client, job_id, last)
-        read: ListRead | None = first
+        def read() -> ListRead:
+            return read_list(client, job_id, last, base, seen)
+
+        first = read()
+        polled: ListRead | None = first
         pending = fresh(first)
         while True:
             batch: list[Delivered] = []
@@ -324,7 +345,7 @@ def follow_batches(
             for seq, data in pending:
                 if seq != last + 1:
                     continue
-                last = seq
+                last, seen = seq, data
                 batch.append((seq, data))
                 if events.is_final(data):
                     final = True
@@ -336,9 +357,9 @@ def follow_batches(
                     if seq <= last:
                         continue
                     if seq != last + 1:
-                        pending = fresh(read_list(client, job_id, last))
+                        pending = fresh(read())
                         break
-                    last = seq
+                    last, seen = seq, data
                     batch.append((seq, data))
                     if events.is_final(data):
                         final = True
@@ -348,9 +369,9 @@ def follow_batches(
                 yield batch
             if final:
                 return
-            if read is not None and not batch:
+            if polled is not None and not batch:
                 # A fresh read of the list had nothing for this reader: did the job end?
-                end = closing(read, last)
+                end = closing(polled, last)
                 if end is None and ended is not None and since_asked >= keepalive_s:
                     since_asked = 0.0
                     rebuilt = ended()
@@ -359,7 +380,7 @@ def follow_batches(
                     if end:
                         yield end
                     return
-            read = None
+            polled = None
             if pending:
                 continue
             item = w.get(timeout=poll_s)
@@ -367,8 +388,8 @@ def follow_batches(
                 if gone is not None and gone():
                     raise ClientGone(job_id)
                 # Silence: check the list in case pub/sub lost the message.
-                polled = read = read_list(client, job_id, last)
-                pending = fresh(polled)
+                now = polled = read()
+                pending = fresh(now)
                 since_asked += poll_s
                 quiet = 0.0 if pending else quiet + poll_s
                 if quiet >= keepalive_s:
@@ -378,7 +399,7 @@ def follow_batches(
             seq, data = item
             if seq <= last:
                 continue
-            pending = [item] if seq == last + 1 else fresh(read_list(client, job_id, last))
+            pending = [item] if seq == last + 1 else fresh(read())
 
 
 def follow(

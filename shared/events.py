@@ -107,10 +107,11 @@ def reconnect_event(job_id: str, last_event_id: int) -> dict[str, Any]:
                        "not the job: reconnect with Last-Event-ID to resume"}
 
 
-def lost_event() -> dict[str, Any]:
-    """The first event of a replay list made again after Redis lost the job's events:
-    discard every call's partial text; what each call has said so far follows."""
-    return {"event": "retry", "reason": "events lost",
+def lost_event(first_id: int) -> dict[str, Any]:
+    """The first event of a replay list made again after Redis lost the job's events
+    (``first_id`` is its own id, so no two lists start alike): discard every call's
+    partial text; what each call has said so far follows."""
+    return {"event": "retry", "reason": "events lost", "first_id": first_id,
             "message": "the job's earlier events were lost with the event bus; every "
                        "call's text so far is sent again after this event"}
 

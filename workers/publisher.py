@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 # a base above the old ids (the server's clock in seconds times the span, or the old base
 # plus the span), and the retry event first. A caller that never wrote to the job cannot
 # tell a new job from a lost list: it makes a list of base 0 (a new job's); should that
-# list be a lost one's successor, the first caller that knew the old list finds it, gives
-# it a base of its own and appends the retry. All in this one call; on the usual path it
-# costs the list's epoch a GET and a PEXPIRE.
+# list be a lost one's successor, the first caller that knew the old list finds it and
+# makes the list again in its place (whoever wrote to it says its part again at its next
+# write). So a list whose base changes never keeps an event where another list had it,
+# and the retry carries its own id: a reader that finds its last event where it left it
+# is in the list it read. All in this one call; on the usual path it costs the list's
+# epoch a GET and a PEXPIRE.
+_LOST_OPEN, _LOST_CLOSE = events.encode(events.lost_event(0)).split('"first_id":0', 1)
+_LOST_OPEN += '"first_id":'
 _APPEND_PUBLISH = """
 local known = ARGV[4]
 local epoch = redis.call('GET', KEYS[3])
@@ -50,11 +55,14 @@ local reply = 0
 if epoch ~= known then
   if known ~= '' and (epoch or redis.call('EXISTS', KEYS[1]) == 0) then
     if not epoch or string.sub(epoch, 1, 2) == '0:' then
+      redis.call('DEL', KEYS[1])
       local now = redis.call('TIME')
       base = math.max(tonumber(now[1]) * SPAN, base + SPAN)
       epoch = string.format('%d', base) .. ':' .. now[1] .. now[2]
       redis.call('SET', KEYS[3], epoch)
-      local msg = string.format('%d', base + redis.call('RPUSH', KEYS[1], LOST)) .. '\\n' .. LOST
+      local lost = LOST_OPEN .. string.format('%d', base + 1) .. LOST_CLOSE
+      redis.call('RPUSH', KEYS[1], lost)
+      local msg = string.format('%d', base + 1) .. '\\n' .. lost
       redis.call('PUBLISH', ARGV[1], msg)
       if relay then
         redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
@@ -92,7 +100,7 @@ for i = 1, n do
 end
 return reply
 """.replace("SPAN", str(events.EPOCH_SPAN)).replace(
-    "LOST", f"[==[{events.encode(events.lost_event())}]==]")
+    "LOST_OPEN", f"[==[{_LOST_OPEN}]==]").replace("LOST_CLOSE", f"[==[{_LOST_CLOSE}]==]")
 # For a retry after a failed write, which may have reached Redis before the connection
 # broke: a job's batch is appended only if its last event is not in the list already
 # (a script runs whole or not at all; events carry their timing, so no two are alike).

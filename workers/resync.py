@@ -28,7 +28,7 @@ from shared import events
 _CONTENT = frozenset({
     "event", "delta", "done", "latency_ms", "content_length", "tool_calls", "ttft_ms",
     "prompt_tokens", "completion_tokens", "tokens_per_second", "cost", "finish_reason",
-    "full_content", "usage_estimated", "error", "retrying",
+    "full_content", "usage_estimated", "error", "retrying", "resent",
 })
 
 
@@ -50,6 +50,7 @@ class _Call:
     end: dict[str, Any] | None = None  # its done chunk or error event
 
     def catch_up(self) -> list[dict[str, Any]]:
+        """Marked ``resent``: no event of a list made again is one of the lost list."""
         out: list[dict[str, Any]] = []
         if self.last is not None:
             chunk = {**self.last, "delta": "".join(self.parts)}
@@ -60,9 +61,9 @@ class _Call:
                 for k in ("done", "latency_ms", "content_length"):
                     if k in chunk:
                         chunk[k] = chunk.pop(k)
-            out.append(chunk)
+            out.append({**chunk, "resent": True})
         if self.end is not None:
-            out.append(self.end)
+            out.append({**self.end, "resent": True})
         return out
 
 

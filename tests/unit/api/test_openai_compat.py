@@ -206,7 +206,7 @@ def test_the_answer_said_again_after_lost_events_is_not_sent_twice() -> None:
     frag = {"index": 0, "id": "call_1", "name": "w", "arguments": "{"}
     got = _chunks(frames, [
         chunk("Hel"), chunk("lo", tool_calls=[frag]),
-        events.lost_event(),
+        events.lost_event(1000001),
         # The worker says the answer so far again, as one chunk, then goes on.
         chunk("Hello wor", tool_calls=[frag]), chunk("ld"),
         events.final_event("done", job_id="j5", status="succeeded", credits_charged=1.0),

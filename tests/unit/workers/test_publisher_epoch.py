@@ -91,15 +91,17 @@ def test_a_lost_list_starts_again_with_a_retry_and_the_text_so_far(
     pub.publish(job_id, chunk("a", "ld", len(text["a"]), role="candidate"))
     pub.flush()
     evs = stored(redis_client, job_id)
-    assert evs[0] == events.lost_event()
     new_base = base(redis_client, job_id)
     assert new_base >= before and new_base > old_len
-    # After the retry: each call's whole text so far (b's end again), then what is new.
+    assert evs[0] == events.lost_event(new_base + 1)
+    # After the retry: each call's whole text so far (b's end again), marked as said
+    # again, then what is new.
     assert after_last_retry(evs) == text
+    again = {"resent": True}
     assert evs[1:] == [
-        chunk("a", "Hello wor", 9, role="candidate"),
-        chunk("b", "Hello wor", 9, role="candidate"),
-        done("b", "Hello wor", role="candidate"),
+        {**chunk("a", "Hello wor", 9, role="candidate"), **again},
+        {**chunk("b", "Hello wor", 9, role="candidate"), **again},
+        {**done("b", "Hello wor", role="candidate"), **again},
         chunk("a", "ld", 11, role="candidate"),
     ]
     # Live messages carry the new ids too.
@@ -122,12 +124,14 @@ def test_a_list_made_by_a_process_that_could_not_tell_gets_the_retry_once(
     # A call in a process that never wrote to the job: a new job's list, as far as it knows.
     other.publish(job_id, chunk("b", "two", 3))
     assert base(redis_client, job_id) == 0
-    # The first process knew the old list: the retry goes in now, with a base of its own.
+    # The first process knew the old list: the list is made again in its place, with a
+    # base of its own and the retry first.
     first.publish(job_id, chunk("a", " more", 8))
     new_base = base(redis_client, job_id)
     assert new_base > 0
-    # The other process's call said its text before the retry: it says it again, as
-    # does the third's, whose list was lost; nobody writes a second retry.
+    assert stored(redis_client, job_id)[0] == events.lost_event(new_base + 1)
+    # The other process says its call's text again, as does the third, whose list was
+    # lost; nobody writes a second retry.
     other.publish(job_id, chunk("b", " too", 7))
     third.publish(job_id, chunk("c", " dos", 7))
     evs = stored(redis_client, job_id)
@@ -184,3 +188,70 @@ def test_a_reader_of_the_lost_list_gets_the_new_one_from_its_start(
     assert closing(read_list(redis_client, job_id, new_base + 7), new_base + 7) == []
     assert closing(ListRead([], 7, events.encode(final), new_base), new_base + 9) == [
         (new_base + 7, events.encode(final))]
+
+
+class Counting:
+    """The real client, counting the commands a read sends."""
+
+    def __init__(self, real: redis.Redis) -> None:
+        self.real = real
+        self.sent: list[str] = []
+
+    def lrange(self, *args: Any) -> Any:
+        self.sent.append("LRANGE")
+        return self.real.lrange(*args)
+
+    def evalsha(self, *args: Any) -> Any:
+        self.sent.append("EVALSHA")
+        return self.real.evalsha(*args)
+
+    def eval(self, *args: Any) -> Any:
+        self.sent.append("EVAL")
+        return self.real.eval(*args)
+
+
+def test_a_reader_that_finds_its_last_event_in_place_reads_one_lrange(
+    redis_client: redis.Redis, job_id: str, keys: list[str]
+) -> None:
+    pub = SyncPublisher(redis_client, ttl_s=60, ttl_after_final_s=60)
+    for i in range(5):
+        pub.publish(job_id, chunk("a", "x", i + 1))
+    third = redis_client.lindex(events.events_key(job_id), 2).decode()
+    client = Counting(redis_client)
+    read = read_list(client, job_id, 3, 0, third)  # type: ignore[arg-type]
+    assert client.sent == ["LRANGE"] and [s for s, _ in read.items] == [4, 5]
+    assert read.length == 5 and read.base == 0
+    # Not where the reader left it: the list is not the one it read; the script decides.
+    lose(redis_client, keys)
+    for i in range(5):
+        pub.publish(job_id, chunk("a", "y", i + 1))
+    client.sent.clear()
+    read = read_list(client, job_id, 3, 0, third)  # type: ignore[arg-type]
+    assert client.sent[0] == "LRANGE" and client.sent[1].startswith("EVAL")
+    assert read.base > 0 and read.items[0][0] == read.base + 1
+    assert json.loads(read.items[0][1])["reason"] == "events lost"
+
+
+def test_a_following_reader_finds_the_list_made_again_under_it(
+    redis_client: redis.Redis, job_id: str, keys: list[str]
+) -> None:
+    pub = SyncPublisher(redis_client, ttl_s=60, ttl_after_final_s=60)
+    for i in range(3):
+        pub.publish(job_id, chunk("a", "x", i + 1))
+    stream = follow_batches(QuietRelay(), redis_client, job_id, 0,  # type: ignore[arg-type]
+                            poll_s=0.01)
+    first = next(stream)
+    assert first is not None and [s for s, _ in first] == [1, 2, 3]
+    lose(redis_client, keys)
+    for i in range(3, 8):  # longer than what the reader read
+        pub.publish(job_id, chunk("a", "x", i + 1))
+    pub.publish(job_id, events.final_event("done", job_id=job_id, status="succeeded"))
+    rest: list[tuple[int | None, str]] = []
+    for batch in stream:
+        assert batch is not None
+        rest += batch
+    new_base = base(redis_client, job_id)
+    assert [s for s, _ in rest] == [new_base + i for i in range(1, len(rest) + 1)]
+    evs = [json.loads(d) for _, d in rest]
+    assert evs[0]["reason"] == "events lost" and evs[-1]["final"]
+    assert after_last_retry(evs) == {"a": "x" * 8}
