@@ -7,7 +7,7 @@ of one job, with the job's relay channel named (the API took the job) as in prod
 Reports the median time per write seen by the worker and Redis's own CPU per script call
 (``INFO commandstats``: usec_per_call of ``evalsha``). Then ``api.relay.read_list`` on a
 list of 100 events: at its end (nothing new: a stream's poll after a silence) and 50
-events back (a late reader).
+events back, by a stream that follows the list and by one that starts reading it.
 
     .venv/bin/python -m bench.publish_script [--calls 20000]
 """
@@ -57,17 +57,22 @@ def run(client: redis.Redis, calls: int, batch: int) -> tuple[float, float]:
     return statistics.median(times), float(stats.get("usec_per_call", 0.0))
 
 
-def read(client: redis.Redis, reads: int, after: int) -> float:
-    """Median microseconds of one ``read_list`` of a 100-event list after ``after``."""
+def read(client: redis.Redis, reads: int, after: int, following: bool) -> float:
+    """Median microseconds of one ``read_list`` of a 100-event list after ``after``: by a
+    stream that follows the list (it knows the list's base and its last event), or by
+    one that starts (a resume)."""
     job_id = uuid.uuid4().hex
     pub = SyncPublisher(client, ttl_s=3600, ttl_after_final_s=600)
     for i in range(100):
         pub.publish(job_id, _chunk(i))
-    read_list(client, job_id, after)
+    raw = client.lindex(events.events_key(job_id), after - 1)
+    seen = raw.decode() if following and isinstance(raw, bytes) else None
+    base = 0 if following else None
+    read_list(client, job_id, after, base, seen)
     times = []
     for _ in range(reads):
         start = time.perf_counter()
-        read_list(client, job_id, after)
+        read_list(client, job_id, after, base, seen)
         times.append((time.perf_counter() - start) * 1e6)
     client.delete(events.events_key(job_id), f"chorus:job:{job_id}:epoch")
     return statistics.median(times)
@@ -105,9 +110,11 @@ def main() -> None:
                 worker_us, redis_us = run(client, args.calls, batch)
                 print(f"batch {batch}: {worker_us:.1f} us per write (worker median), "
                       f"{redis_us:.2f} us per script call in Redis")
-            for after in (100, 50):
-                print(f"read after {after} of 100: {read(client, 5000, after):.1f} us "
-                      "(API median)")
+            for following in (True, False):
+                for after in (100, 50):
+                    us = read(client, 5000, after, following)
+                    print(f"read after {after} of 100, {'following' if following else 'starting'}"
+                          f": {us:.1f} us (API median)")
         finally:
             stop(proc)
 
