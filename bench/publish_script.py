@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from api.relay import read_list
+from api.replaylist import read_list
 from shared import events
 from tests.procs import free_port, start, stop
 from workers.publisher import CoalescingPublisher, SyncPublisher

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from api.relay import ListRead, Watch, closing, follow_batches, read_list
+from api.relay import Watch, follow_batches
+from api.replaylist import ListRead, closing, read_list
 from shared import events
 from workers.publisher import CoalescingPublisher, SyncPublisher
 
@@ -105,7 +106,7 @@ def test_a_lost_list_starts_again_with_a_retry_and_the_text_so_far(
         chunk("a", "ld", 11, role="candidate"),
     ]
     # Live messages carry the new ids too.
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < 5 and (msg := sub.get_message(timeout=2)) is not None:
         seqs.append(events.split_message(msg["data"])[0])
     sub.close()
@@ -216,7 +217,9 @@ def test_a_reader_that_finds_its_last_event_in_place_reads_one_lrange(
     pub = SyncPublisher(redis_client, ttl_s=60, ttl_after_final_s=60)
     for i in range(5):
         pub.publish(job_id, chunk("a", "x", i + 1))
-    third = redis_client.lindex(events.events_key(job_id), 2).decode()
+    raw = redis_client.lindex(events.events_key(job_id), 2)
+    assert isinstance(raw, bytes)
+    third = raw.decode()
     client = Counting(redis_client)
     read = read_list(client, job_id, 3, 0, third)  # type: ignore[arg-type]
     assert client.sent == ["LRANGE"] and [s for s, _ in read.items] == [4, 5]
