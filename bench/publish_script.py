@@ -5,7 +5,7 @@ A synchronous loop over a real Redis through the coalescing publisher's own writ
 bookkeeping, one pipeline with one ``EVALSHA``), for batches of 1 and of 8 chunk events
 of one job, with the job's relay channel named (the API took the job) as in production.
 Reports the median time per write seen by the worker and Redis's own CPU per script call
-(``INFO commandstats``: usec_per_call of ``evalsha``). Then ``api.relay.read_list`` on a
+(``INFO commandstats``: usec_per_call of ``evalsha``). Then ``api.replaylist.read_list`` on a
 list of 100 events: at its end (nothing new: a stream's poll after a silence) and 50
 events back, by a stream that follows the list and by one that starts reading it.
 
