@@ -185,6 +185,11 @@ class ChunkFrames:
         # Summed over the job's model calls (a mesh job may make several).
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # What this stream has sent, and what of the text and tool-call fragments to
+        # come it has sent already: after Redis lost the job's events, the worker says
+        # the answer so far again, which an OpenAI client cannot take back.
+        self.sent_chars = self.sent_tools = 0
+        self.skip_chars = self.skip_tools = 0
 
     def __call__(self, seq: int | None, data: str) -> Iterable[bytes]:
         event = json.loads(data)
@@ -195,6 +200,11 @@ class ChunkFrames:
             # told so (the SDK raises) rather than handed a silently cut answer.
             return (self._error("unavailable", f"{event['message']}; the job's events: "
                                 f"GET /api/v1/jobs/{event['job_id']}/events"),)
+        if event.get("event") == "retry" and event.get("reason") == "events lost":
+            self.skip_chars, self.skip_tools = self.sent_chars, self.sent_tools
+            # Ended calls are said again too, usage and all.
+            self.prompt_tokens = self.completion_tokens = 0
+            return ()
         if event.get("event", "chunk") != "chunk":
             return ()
         self.model = str(event.get("model") or self.model)
@@ -203,16 +213,32 @@ class ChunkFrames:
             self.prompt_tokens += int(event.get("prompt_tokens") or 0)
             self.completion_tokens += int(event.get("completion_tokens") or 0)
             return ()
+        text: str = event.get("delta") or ""
+        tools: list[dict[str, Any]] = event.get("tool_calls") or []
+        if self.skip_chars or self.skip_tools:
+            text, tools = self._new_part(text, tools)
+            if not (text or tools):
+                return ()
         delta: dict[str, Any] = {}
         if not self.started:
             delta["role"] = "assistant"
             self.started = True
-        if event.get("delta"):
-            delta["content"] = event["delta"]
-        if event.get("tool_calls"):
-            delta["tool_calls"] = [_tool_call_delta(t) for t in event["tool_calls"]]
+        if text:
+            delta["content"] = text
+            self.sent_chars += len(text)
+        if tools:
+            delta["tool_calls"] = [_tool_call_delta(t) for t in tools]
+            self.sent_tools += len(tools)
         return (self._line([{"index": 0, "delta": delta, "logprobs": None,
                              "finish_reason": None}]),)
+
+    def _new_part(self, text: str, tools: list[dict[str, Any]]
+                  ) -> tuple[str, list[dict[str, Any]]]:
+        """What of a chunk said again after an ``events lost`` retry is new."""
+        cut, drop = min(self.skip_chars, len(text)), min(self.skip_tools, len(tools))
+        self.skip_chars -= cut
+        self.skip_tools -= drop
+        return text[cut:], tools[drop:]
 
     def _final(self, final: dict[str, Any]) -> Iterable[bytes]:
         if final.get("status") == "failed":

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 import gevent
 import redis
@@ -23,14 +22,11 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 
+from api.replaylist import Delivered, Item, ListRead, closing, read_list
 from shared import events
 
 log = logging.getLogger(__name__)
 
-Item = tuple[int, str]
-# What a reader is given: an event with its sequence number, or None for a final event
-# rebuilt from the database (the job's list is gone).
-Delivered = tuple[int | None, str]
 
 
 class Watch:
@@ -190,61 +186,6 @@ class Relay:
                             self._pubsub.unsubscribe(ch)
 
 
-def backlog(client: redis.Redis, job_id: str, after: int) -> list[Item]:
-    """Events after sequence number ``after`` from the replay list."""
-    raw = client.lrange(events.events_key(job_id), after, -1)
-    return [(after + i + 1, r.decode() if isinstance(r, bytes) else r) for i, r in enumerate(raw)]
-
-
-@dataclass(frozen=True)
-class ListRead:
-    """The replay list as one read found it: the events after a reader's position, its
-    length and its last event (0 and None: there is no list)."""
-
-    items: list[Item]
-    length: int
-    tail: str | None
-
-
-def read_list(client: redis.Redis, job_id: str, after: int) -> ListRead:
-    """``backlog``, knowing also the list's length and last event: a reader with nothing
-    new to read learns from them whether the job has ended.
-
-    One LRANGE, as ``backlog``, that starts at the reader's own last event: what it
-    returns says how long the list is. Only a list shorter than that (none, or one Redis
-    lost and the job numbered afresh) costs a second round trip.
-    """
-    key = events.events_key(job_id)
-    start = max(after - 1, 0)
-    raw = [r.decode() if isinstance(r, bytes) else r for r in client.lrange(key, start, -1)]
-    if raw or after == 0:
-        fresh = raw[after - start:]
-        items = [(after + i + 1, r) for i, r in enumerate(fresh)]
-        return ListRead(items, start + len(raw), raw[-1] if raw else None)
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(key)
-    pipe.lindex(key, -1)
-    length, tail = pipe.execute()
-    return ListRead([], int(length), tail.decode() if isinstance(tail, bytes) else tail)
-
-
-def closing(read: ListRead, last: int) -> list[Delivered] | None:
-    """What ends a reader at ``last`` that the list has nothing newer for, or None while
-    the job may go on (the list's last event is not final, or there is no list).
-
-    At the final event: nothing more. Past it: the list is shorter than what the reader
-    saw, so Redis lost it and the job's later events were numbered afresh; its final
-    event is the truth the reader still lacks.
-    """
-    if read.items or read.tail is None or not events.is_final(read.tail):
-        return None
-    if read.length == last:
-        return []
-    if read.length < last:
-        return [(read.length, read.tail)]
-    return None  # appended between the commands of the read: the next read has it
-
-
 class ClientGone(Exception):
     """The client of a stream hung up while the stream had nothing to write."""
 
@@ -280,19 +221,36 @@ def follow_batches(
     ended.
     """
     last = after
+    # The base of the list read, and the last event delivered (see ``read_list``).
+    base: int | None = None
+    seen: str | None = None
     quiet = 0.0
     since_asked = keepalive_s  # the first question is asked at once
     with relay.watch(job_id, own) as w:
-        first = read_list(client, job_id, last)
-        read: ListRead | None = first
-        pending = first.items
+
+        def fresh(found: ListRead) -> list[Item]:
+            # A list with a base above the reader's id was made again after Redis lost
+            # the one the reader was in: the reader goes on from its start (its first
+            # event, a retry, tells the client to drop what it had).
+            nonlocal last, base, seen
+            if found.base > last:
+                last, seen = found.base, None
+            base = found.base
+            return found.items
+
+        def read() -> ListRead:
+            return read_list(client, job_id, last, base, seen)
+
+        first = read()
+        polled: ListRead | None = first
+        pending = fresh(first)
         while True:
             batch: list[Delivered] = []
             final = False
             for seq, data in pending:
                 if seq != last + 1:
                     continue
-                last = seq
+                last, seen = seq, data
                 batch.append((seq, data))
                 if events.is_final(data):
                     final = True
@@ -304,9 +262,9 @@ def follow_batches(
                     if seq <= last:
                         continue
                     if seq != last + 1:
-                        pending = backlog(client, job_id, last)
+                        pending = fresh(read())
                         break
-                    last = seq
+                    last, seen = seq, data
                     batch.append((seq, data))
                     if events.is_final(data):
                         final = True
@@ -316,9 +274,9 @@ def follow_batches(
                 yield batch
             if final:
                 return
-            if read is not None and not batch:
+            if polled is not None and not batch:
                 # A fresh read of the list had nothing for this reader: did the job end?
-                end = closing(read, last)
+                end = closing(polled, last)
                 if end is None and ended is not None and since_asked >= keepalive_s:
                     since_asked = 0.0
                     rebuilt = ended()
@@ -327,7 +285,7 @@ def follow_batches(
                     if end:
                         yield end
                     return
-            read = None
+            polled = None
             if pending:
                 continue
             item = w.get(timeout=poll_s)
@@ -335,8 +293,8 @@ def follow_batches(
                 if gone is not None and gone():
                     raise ClientGone(job_id)
                 # Silence: check the list in case pub/sub lost the message.
-                read = read_list(client, job_id, last)
-                pending = read.items
+                now = polled = read()
+                pending = fresh(now)
                 since_asked += poll_s
                 quiet = 0.0 if pending else quiet + poll_s
                 if quiet >= keepalive_s:
@@ -346,7 +304,7 @@ def follow_batches(
             seq, data = item
             if seq <= last:
                 continue
-            pending = [item] if seq == last + 1 else backlog(client, job_id, last)
+            pending = [item] if seq == last + 1 else fresh(read())
 
 
 def follow(

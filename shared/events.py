@@ -6,6 +6,13 @@ that took the job also names its own relay channel, to which every event of the 
 published too: that process's streams follow the job without subscribing to it. Pub/sub
 may drop messages (a slow subscriber, a reconnect); the list never does, so relays fill
 any gap in sequence numbers from it.
+
+A list also has an epoch (its own key, written by the publisher's script when it makes
+the list): ``<base>:<nonce>``. Event ids are ``base + position``. A list made for a new
+job has base 0, so its ids are 1, 2, 3 ...; a list made again after Redis lost the first
+one under a running job (see ``workers.publisher``) gets a base above every id of the
+lists before it, and starts with a ``retry`` event (``lost_event``): a reader whose id is
+below the base holds a position of an older list and reads this one from its start.
 """
 
 from __future__ import annotations
@@ -26,6 +33,25 @@ RECONNECT_RETRY_MS = 2000
 
 def events_key(job_id: str) -> str:
     return f"chorus:job:{job_id}:events"
+
+
+def epoch_key(job_id: str) -> str:
+    """The replay list's epoch: which list it is, and the base of its event ids."""
+    return f"chorus:job:{job_id}:epoch"
+
+
+# The ids of one list stay below its base plus this; a list made again gets a base of
+# at least the wall clock's seconds times this (and above its predecessor's range), which
+# stays below 2**53, where the scripts' Lua numbers are still exact integers.
+EPOCH_SPAN = 10**6
+
+
+def epoch_base(epoch: str | bytes | None) -> int:
+    """The base of the event ids of a list with this epoch (0: none, or a first list)."""
+    if not epoch:
+        return 0
+    text = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return int(text.partition(":")[0])
 
 
 def channel(job_id: str) -> str:
@@ -79,6 +105,15 @@ def reconnect_event(job_id: str, last_event_id: int) -> dict[str, Any]:
             "retry_ms": RECONNECT_RETRY_MS,
             "message": "the event stream was interrupted (the event bus is unavailable), "
                        "not the job: reconnect with Last-Event-ID to resume"}
+
+
+def lost_event(first_id: int) -> dict[str, Any]:
+    """The first event of a replay list made again after Redis lost the job's events
+    (``first_id`` is its own id, so no two lists start alike): discard every call's
+    partial text; what each call has said so far follows."""
+    return {"event": "retry", "reason": "events lost", "first_id": first_id,
+            "message": "the job's earlier events were lost with the event bus; every "
+                       "call's text so far is sent again after this event"}
 
 
 def retry_frame(ms: int = RECONNECT_RETRY_MS) -> bytes:

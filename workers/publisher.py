@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -22,36 +22,91 @@ import redis
 from gevent.event import Event
 
 from shared import events
+from workers.resync import JobLogs
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] = replay list, KEYS[2] = the job's relay key; ARGV = channel, ttl ms, job id,
+# KEYS[1] = replay list, KEYS[2] = the job's relay key, KEYS[3] = the list's epoch; ARGV =
+# channel, ttl ms, job id, the epoch the caller last wrote to ('' if none) and its base,
 # event json... Each event goes to the job's channel and, when the API process that took
 # the job named one, to that process's relay channel (named as long as the list lives).
+# Replies 0: appended to the caller's list; {0, epoch}: appended to a list the caller did
+# not know; {1, epoch}: not appended, the list is not the one the caller wrote to (Redis
+# lost it): the caller says again what its calls said, then sends the batch again.
+#
+# A caller that wrote to the job before, finding no list, makes it again: a new epoch with
+# a base above the old ids (the server's clock in seconds times the span, or the old base
+# plus the span), and the retry event first. A caller that never wrote to the job cannot
+# tell a new job from a lost list: it makes a list of base 0 (a new job's); should that
+# list be a lost one's successor, the first caller that knew the old list finds it and
+# makes the list again in its place (whoever wrote to it says its part again at its next
+# write). So a list whose base changes never keeps an event where another list had it,
+# and the retry carries its own id: a reader that finds its last event where it left it
+# is in the list it read. All in this one call; on the usual path it costs the list's
+# epoch a GET and a PEXPIRE.
+_LOST_OPEN, _LOST_CLOSE = events.encode(events.lost_event(0)).split('"first_id":0', 1)
+_LOST_OPEN += '"first_id":'
 _APPEND_PUBLISH = """
-local n = #ARGV - 3
-local len = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local known = ARGV[4]
+local epoch = redis.call('GET', KEYS[3])
 local relay = redis.call('GET', KEYS[2])
+local base = tonumber(ARGV[5])
+local reply = 0
+if epoch ~= known then
+  if known ~= '' and (epoch or redis.call('EXISTS', KEYS[1]) == 0) then
+    if not epoch or string.sub(epoch, 1, 2) == '0:' then
+      redis.call('DEL', KEYS[1])
+      local now = redis.call('TIME')
+      base = math.max(tonumber(now[1]) * SPAN, base + SPAN)
+      epoch = string.format('%d', base) .. ':' .. now[1] .. now[2]
+      redis.call('SET', KEYS[3], epoch)
+      local lost = LOST_OPEN .. string.format('%d', base + 1) .. LOST_CLOSE
+      redis.call('RPUSH', KEYS[1], lost)
+      local msg = string.format('%d', base + 1) .. '\\n' .. lost
+      redis.call('PUBLISH', ARGV[1], msg)
+      if relay then
+        redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
+      end
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    return {1, epoch}
+  end
+  if not epoch then
+    local now = redis.call('TIME')
+    epoch = '0:' .. now[1] .. now[2]
+    redis.call('SET', KEYS[3], epoch)
+  end
+  base = tonumber(string.match(epoch, '^%d+'))
+  reply = {0, epoch}
+end
+local n = #ARGV - 5
+local first = base + redis.call('RPUSH', KEYS[1], unpack(ARGV, 6)) - n
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if relay then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-local first = len - n
 for i = 1, n do
-  local msg = (first + i) .. '\\n' .. ARGV[i + 3]
+  local seq = first + i
+  if base > 0 then
+    seq = string.format('%d', seq)
+  end
+  local msg = seq .. '\\n' .. ARGV[i + 5]
   redis.call('PUBLISH', ARGV[1], msg)
   if relay then
     redis.call('PUBLISH', relay, ARGV[3] .. '\\n' .. msg)
   end
 end
-return len
-"""
+return reply
+""".replace("SPAN", str(events.EPOCH_SPAN)).replace(
+    "LOST_OPEN", f"[==[{_LOST_OPEN}]==]").replace("LOST_CLOSE", f"[==[{_LOST_CLOSE}]==]")
 # For a retry after a failed write, which may have reached Redis before the connection
 # broke: a job's batch is appended only if its last event is not in the list already
 # (a script runs whole or not at all; events carry their timing, so no two are alike).
 _APPEND_PUBLISH_ONCE = """
 if redis.call('LPOS', KEYS[1], ARGV[#ARGV], 'RANK', -1, 'MAXLEN', 10000) then
-  return -1
+  return {0, redis.call('GET', KEYS[3]) or ARGV[4]}
 end
 """ + _APPEND_PUBLISH
 
@@ -82,6 +137,45 @@ class EventSink(Protocol):
     def flush(self) -> None: ...
 
 
+class _Lists:
+    """A publisher's side of the jobs' replay lists: the script's arguments, and what its
+    replies mean (see ``_APPEND_PUBLISH``)."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.logs = JobLogs(idle_s=ttl_s)
+
+    def args(self, job_id: str, ttl_ms: int, items: Sequence[dict[str, Any]]) -> list[Any]:
+        """``EVALSHA``'s arguments after the sha."""
+        epoch, base = self.logs.epoch(job_id)
+        return [3, events.events_key(job_id), events.relay_key(job_id),
+                events.epoch_key(job_id), events.channel(job_id), ttl_ms, job_id, epoch,
+                base, *map(events.encode, items)]
+
+    def settle(self, batch: Mapping[str, list[dict[str, Any]]], replies: Sequence[Any],
+               resent: dict[str, int]) -> OrderedDict[str, list[dict[str, Any]]]:
+        """Record what was written; return what must be written again: for a job whose
+        list Redis lost, what its calls said so far, then its batch. ``resent`` counts,
+        per job, the leading events of its batch that only say again what was said."""
+        again: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        for (job_id, items), reply in zip(batch.items(), replies, strict=True):
+            skip = resent.pop(job_id, 0) if resent else 0
+            own = items[skip:] if skip else items
+            if not reply:  # written to the list this process knew
+                self.logs.written(job_id, None, own)
+                continue
+            status, raw = reply
+            epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if not status:
+                self.logs.written(job_id, epoch, own)
+                continue
+            log.warning("the events of job %s were lost with Redis: its list starts again "
+                        "(epoch %s)", job_id, epoch)
+            catch_up = self.logs.catch_up(job_id, epoch)
+            resent[job_id] = len(catch_up)
+            again[job_id] = [*catch_up, *own]
+        return again
+
+
 class SyncPublisher:
     """Writes every event before returning; for scripts, tests and thread pools."""
 
@@ -90,12 +184,16 @@ class SyncPublisher:
         self._script = client.register_script(_APPEND_PUBLISH)
         self._ttl_ms = ttl_s * 1000
         self._final_ttl_ms = ttl_after_final_s * 1000
+        self._lists = _Lists(ttl_s)
 
     def publish(self, job_id: str, event: dict[str, Any], drop: Sequence[str] = ()) -> None:
-        data = events.encode(event)
         ttl = self._final_ttl_ms if event.get("final") else self._ttl_ms
-        self._script(keys=[events.events_key(job_id), events.relay_key(job_id)],
-                     args=[events.channel(job_id), ttl, job_id, data])
+        todo: Mapping[str, list[dict[str, Any]]] = {job_id: [event]}
+        resent: dict[str, int] = {}
+        while todo:
+            _, *keys_args = self._lists.args(job_id, ttl, todo[job_id])
+            reply = self._script(keys=keys_args[:3], args=keys_args[3:])
+            todo = self._lists.settle(todo, [reply], resent)
         if drop:
             self._client.delete(*drop)
 
@@ -114,6 +212,7 @@ class CoalescingPublisher:
     def __init__(self, client: redis.Redis, ttl_s: int, ttl_after_final_s: int,
                  linger_s: float = 0.0) -> None:
         self._client = client
+        self._lists = _Lists(ttl_s)
         # EVALSHA directly: a registered Script in a pipeline costs an extra SCRIPT EXISTS
         # round trip on every execute. Keyed by whether the write is a retry.
         self._shas: dict[bool, str] = {}
@@ -189,22 +288,24 @@ class CoalescingPublisher:
                drop: dict[str, Sequence[str]]) -> None:
         delay = 0.05
         retry = False
-        while True:
+        # Per job: the leading events of its batch that say again what Redis lost.
+        resent: dict[str, int] = {}
+        while batch:
             try:
                 sha = self._sha(retry)
                 pipe = self._client.pipeline(transaction=False)
+                scripts = []
                 for job_id, items in batch.items():
                     ttl = self._final_ttl_ms if job_id in final else self._ttl_ms
-                    pipe.evalsha(sha, 2, events.events_key(job_id), events.relay_key(job_id),
-                                 events.channel(job_id), ttl, job_id,
-                                 *map(events.encode, items))
+                    scripts.append(len(pipe))
+                    pipe.evalsha(sha, *self._lists.args(job_id, ttl, items))
                     if job_id in drop:
                         pipe.delete(*drop[job_id])
-                pipe.execute()
-                return
+                replies = pipe.execute()
             except redis.exceptions.NoScriptError:
                 # Redis restarted and forgot the scripts: load them again, then retry.
                 self._shas.clear()
+                continue
             except redis.RedisError as exc:
                 # Events must not be dropped, nor written twice: keep the batch and retry
                 # until Redis is back, skipping what the failed write already appended.
@@ -212,6 +313,10 @@ class CoalescingPublisher:
                 retry = True
                 gevent.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            # A job whose list was lost goes again (rarely: Redis restarted empty).
+            batch = self._lists.settle(batch, [replies[i] for i in scripts], resent)
+            drop, retry = {}, False
 
     def _sha(self, retry: bool) -> str:
         if retry not in self._shas:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,11 @@ class OwnRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, empty: bool = False) -> None:
+        """Start (again); ``empty``: without what the append-only file kept, as a server
+        that lost its data, or one without persistence, comes back."""
+        if empty:
+            shutil.rmtree(self.dir / "appendonlydir", ignore_errors=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes", "--appendfsync", "always",
                 "--dir", str(self.dir)]

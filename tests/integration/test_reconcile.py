@@ -245,8 +245,8 @@ def test_workers_killed_with_work_queued_lose_nothing(
         for _round in range(5):
             # Work queued on both queues while no worker runs; workers start and take it
             # as fast as they can, and both die before it is done.
-            batch_id, fresh_lines = start_batch(api, 150)
-            fresh_chats = [start_chat(api) for _ in range(150)]
+            batch_id, fresh_lines = start_batch(api, 80)
+            fresh_chats = [start_chat(api) for _ in range(80)]
             batches.append(batch_id)
             lines += fresh_lines
             chats += fresh_chats

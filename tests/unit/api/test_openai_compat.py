@@ -195,3 +195,22 @@ def test_success_bodies_are_left_alone() -> None:
         ok = app.response_class(json.dumps({"error": {"code": "x"}}), status=200,
                                 mimetype="application/json")
         assert _openai_error_shape(ok).get_json() == {"error": {"code": "x"}}
+
+
+def test_the_answer_said_again_after_lost_events_is_not_sent_twice() -> None:
+    frames = ChunkFrames("j5", 1, "gpt-5.2", include_usage=False)
+
+    def chunk(delta: str, **more: Any) -> dict[str, Any]:
+        return {"event": "chunk", "model": "gpt-5.2", "delta": delta, "done": False, **more}
+
+    frag = {"index": 0, "id": "call_1", "name": "w", "arguments": "{"}
+    got = _chunks(frames, [
+        chunk("Hel"), chunk("lo", tool_calls=[frag]),
+        events.lost_event(1000001),
+        # The worker says the answer so far again, as one chunk, then goes on.
+        chunk("Hello wor", tool_calls=[frag]), chunk("ld"),
+        events.final_event("done", job_id="j5", status="succeeded", credits_charged=1.0),
+    ])
+    deltas = [c["choices"][0]["delta"] for c in got if c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == "Hello world"
+    assert sum(len(d.get("tool_calls", [])) for d in deltas) == 1
