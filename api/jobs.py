@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency, replays
 from api.auth import authenticate
-from api.errors import ApiError, bad_request, not_found, unavailable
+from api.errors import ApiError, bad_request, unavailable
+from api.owned import load_job
 from api.relay import Relay
 from api.streaming import sse_response, wait_final
 from api.submit import QUEUE_INTERACTIVE, check_models, create_job, enqueue, parse_body
 from shared import events, finals
-from shared.db import session_scope
 from shared.keys import KeyOwner
 from shared.registry import Registry, get_registry
 from shared.schemas import JOB_KINDS, Common
@@ -72,7 +70,7 @@ def submit(kind: str) -> Response:
     try:
         job_id = start_job(owner, kind, req, claim=claim)
     except idempotency.KeyUsed as used:
-        job = replays.load(replayed_job(used), owner.account_id)
+        job = load_job(replayed_job(used), owner.account_id)
         if req.stream:
             return replays.stream(job)
         return idempotency.mark_replayed(final_response(replays.final(job)), job.id)
@@ -131,23 +129,6 @@ def blend() -> Response:
 @bp.post("/judge")
 def judge() -> Response:
     return submit("judge")
-
-
-def load_job(job_id: str, account_id: int) -> Job:
-    # Job ids are UUIDs; anything else (a NUL byte PostgreSQL would refuse, say) is not one.
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        raise not_found() from None
-    try:
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-    except SQLAlchemyError as exc:
-        raise unavailable("database") from exc
-    # Another account's job is indistinguishable from a missing one.
-    if job is None or job.account_id != account_id:
-        raise not_found()
-    return job
 
 
 def job_view(job: Job) -> dict[str, Any]:

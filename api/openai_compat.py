@@ -18,6 +18,7 @@ from api import idempotency, replays
 from api.auth import authenticate
 from api.errors import ApiError, bad_request, not_found
 from api.jobs import replayed_job, start_job
+from api.owned import load_job
 from api.streaming import sse_response, wait_final
 from api.submit import enqueue, parse_body
 from shared import events
@@ -93,7 +94,7 @@ def chat_completions() -> Response:
     try:
         job_id = start_job(owner, "chat", req, claim=claim)
     except idempotency.KeyUsed as used:
-        job = replays.load(replayed_job(used), owner.account_id)
+        job = load_job(replayed_job(used), owner.account_id)
         created = int(as_utc(job.created_at).timestamp())
         if oreq.stream:
             frames = ChunkFrames(job.id, created, oreq.model, include_usage=usage)

@@ -8,30 +8,18 @@ from typing import Any
 
 import redis
 from flask import Response, current_app, stream_with_context
-from sqlalchemy.exc import SQLAlchemyError
 
-from api.errors import not_found, unavailable
+from api.errors import unavailable
 from api.idempotency import mark_replayed
+from api.owned import load_job
 from api.streaming import SSE_HEADERS, Frames, chorus_frames, sse_response, wait_final
 from shared import events, finals
-from shared.db import session_scope
 from shared.tables import Job
 
 
 def _redis() -> redis.Redis:
     client: redis.Redis = current_app.extensions["chorus.redis"]
     return client
-
-
-def load(job_id: str, account_id: int) -> Job:
-    try:
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-    except SQLAlchemyError as exc:
-        raise unavailable("database") from exc
-    if job is None or job.account_id != account_id:
-        raise not_found()
-    return job
 
 
 def ended_final(job: Job) -> dict[str, Any] | None:
@@ -71,7 +59,7 @@ def stream(job: Job, frames: Frames = chorus_frames) -> Response:
 
         def ended() -> str | None:
             # The job ran on while the list was missing: its row tells how it ended.
-            final = finals.from_row(load(job.id, job.account_id))
+            final = finals.from_row(load_job(job.id, job.account_id))
             return None if final is None else events.encode(final)
 
         resp = sse_response(job.id, 0, frames=frames, ended=ended)

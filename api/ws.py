@@ -30,8 +30,9 @@ from api import drain as api_drain
 from api import idempotency
 from api.auth import authenticate, lookup_key
 from api.errors import ApiError, bad_request, not_found, unavailable
-from api.jobs import RowFinal, load_job, replayed_job, request_cancel, start_job
+from api.jobs import RowFinal, replayed_job, request_cancel, start_job
 from api.jsontext import decode
+from api.owned import load_job
 from api.ratelimit import RateLimiter, client_ip
 from api.relay import Ended, Relay, follow
 from api.streaming import on_disconnect
